@@ -1,0 +1,93 @@
+"""ndax_async: an asynchronous SDK for the NDAX participants API.
+
+Every write is validated before any I/O, encoded once, given a request_id that
+is stable for the logical operation, and signed afresh on every retry, so it
+takes effect exactly once however often the network or the worker fails.
+"""
+
+from __future__ import annotations
+
+from ._clock import Clock, SystemClock
+from ._idempotency import RequestIdMode, key_to_request_id
+from ._retry import RetryEvent, RetryPolicy
+from ._version import __version__
+from .client import PRODUCTION_URL, AsyncClient, ParticipantPage
+from .errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    ConflictError,
+    ConnectError,
+    DuplicatePayloadError,
+    IdempotencyConflictError,
+    MalformedResponseError,
+    NDAXError,
+    NotFoundError,
+    ParticipantExistsError,
+    PermissionDeniedError,
+    Problem,
+    RateLimitError,
+    RequestTimeout,
+    ServerError,
+    TransportError,
+    ValidationError,
+)
+from .models import (
+    Address,
+    CustodianRelationship,
+    Customer,
+    CustomerUpdate,
+    Identity,
+    IdType,
+    Minor,
+    Name,
+    NewCustomer,
+    NewMinor,
+    Participant,
+)
+
+__all__ = [
+    "PRODUCTION_URL",
+    "APIError",
+    "Address",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "Clock",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectError",
+    "CustodianRelationship",
+    "Customer",
+    "CustomerUpdate",
+    "DuplicatePayloadError",
+    "IdType",
+    "IdempotencyConflictError",
+    "Identity",
+    "MalformedResponseError",
+    "Minor",
+    "NDAXError",
+    "Name",
+    "NewCustomer",
+    "NewMinor",
+    "NotFoundError",
+    "Participant",
+    "ParticipantExistsError",
+    "ParticipantPage",
+    "PermissionDeniedError",
+    "Problem",
+    "RateLimitError",
+    "RequestIdMode",
+    "RequestTimeout",
+    "RetryEvent",
+    "RetryPolicy",
+    "ServerError",
+    "SystemClock",
+    "TransportError",
+    "ValidationError",
+    "__version__",
+    "key_to_request_id",
+]

@@ -1,0 +1,253 @@
+"""One signed, retried request: body bytes in, a final HTTP response out.
+
+The body bytes and request_id are fixed by the caller before the first attempt;
+this module never re-encodes or regenerates them. Each attempt waits out any
+shared 429 pause, signs afresh with the current time, and sends. tenacity
+drives the loop; the response body is read in full before any wait, so no
+pooled connection is held while sleeping, and a cancellation propagates at
+once (it is never classified as retryable).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+from collections.abc import Callable
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState
+
+from ._auth import EMPTY_BODY, Credentials
+from ._clock import Clock
+from ._retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
+from .errors import ConnectError, RequestTimeout, TransportError
+
+__all__ = ["Transport"]
+
+logger = logging.getLogger("ndax_async")
+
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_SKEW_WARNING_SECONDS = 30
+
+
+class _DeadlineExceeded(Exception):
+    """The call's deadline left no time for another attempt."""
+
+
+class Transport:
+    """Signs, sends and retries requests over one ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        credentials: Credentials,
+        base_url: str,
+        *,
+        clock: Clock,
+        pause: RateLimitPause,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+    ) -> None:
+        self.http = http
+        self.credentials = credentials
+        self.base_url = base_url
+        self.clock = clock
+        self.pause = pause
+        self.on_retry = on_retry
+
+    async def request(
+        self,
+        method: str,
+        route: str,
+        body: bytes | None,
+        *,
+        request_id: str | None,
+        policy: RetryPolicy,
+        timeout: float | None,
+    ) -> tuple[httpx.Response, int]:
+        """Send until a final answer; return the response and the attempts made.
+
+        Raises :class:`~ndax_async.errors.TransportError` when no response came.
+        """
+        call = _Call(self, method, route, body, request_id, policy, timeout)
+        retrying = AsyncRetrying(
+            sleep=self.clock.sleep,
+            retry=call.should_retry,
+            wait=call.wait,
+            stop=call.should_stop,
+            before_sleep=call.before_sleep,
+            retry_error_callback=_last_outcome,
+        )
+        outcome: Outcome = await retrying(call.attempt)
+        if outcome.response is not None:
+            return outcome.response, call.attempts
+        # Not chained: the httpx error holds the signed request and its headers.
+        raise _transport_error(outcome.error, request_id, call.attempts) from None
+
+    def clock_skew_hint(self, response: httpx.Response) -> str:
+        """Explain a 401/403 caused by a local clock off from the server's Date."""
+        date = response.headers.get("date")
+        if not date:
+            return ""
+        try:
+            server = email.utils.parsedate_to_datetime(date)
+        except (TypeError, ValueError, IndexError):
+            return ""
+        if server.tzinfo is None:
+            server = server.replace(tzinfo=dt.timezone.utc)
+        skew = self.clock.time() - server.timestamp()
+        if abs(skew) < _SKEW_WARNING_SECONDS:
+            return ""
+        direction = "ahead of" if skew > 0 else "behind"
+        return (
+            f"local clock is {abs(skew):.0f}s {direction} the server's Date header; "
+            "signatures are valid for about 60s, so fix the clock (NTP)"
+        )
+
+
+class _Call:
+    """The state of one logical call across its attempts."""
+
+    __slots__ = (
+        "attempts",
+        "body",
+        "method",
+        "policy",
+        "request_id",
+        "route",
+        "started",
+        "timeout",
+        "transport",
+        "url",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        method: str,
+        route: str,
+        body: bytes | None,
+        request_id: str | None,
+        policy: RetryPolicy,
+        timeout: float | None,
+    ) -> None:
+        self.transport = transport
+        self.method = method
+        self.route = route
+        self.url = transport.base_url + route
+        self.body = body
+        self.request_id = request_id
+        self.policy = policy
+        self.timeout = timeout
+        self.started = transport.clock.monotonic()
+        self.attempts = 0
+
+    def _remaining(self) -> float | None:
+        if self.policy.deadline is None:
+            return None
+        return self.policy.deadline - (self.transport.clock.monotonic() - self.started)
+
+    async def attempt(self) -> Outcome:
+        transport = self.transport
+        await transport.pause.wait()
+        timeout = self.timeout
+        remaining = self._remaining()
+        if remaining is not None:
+            if remaining <= 0:
+                return Outcome(error=_DeadlineExceeded())
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        self.attempts += 1
+        timestamp = str(int(transport.clock.time()))
+        signed = self.body if self.body is not None else EMPTY_BODY
+        headers = transport.credentials.headers(timestamp, self.method, self.route, signed)
+        if self.body is not None:
+            headers.update(_JSON_HEADERS)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s %s attempt %d request_id=%s", self.method, self.route, self.attempts, self.request_id
+            )
+        try:
+            response = await transport.http.request(
+                self.method,
+                self.url,
+                content=self.body,
+                headers=headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
+        except httpx.TransportError as error:
+            return Outcome(error=error)
+        if response.status_code == 429:
+            pause = parse_retry_after(response.headers.get("retry-after"), transport.clock.time())
+            limit = self.policy.rate_limit_pause if pause is None else pause
+            transport.pause.block(min(limit, self.policy.retry_after_max))
+        return Outcome(response=response)
+
+    def should_retry(self, state: RetryCallState) -> bool:
+        outcome = _outcome_of(state)
+        return outcome is not None and retry_reason(outcome, self.policy) is not None
+
+    def wait(self, state: RetryCallState) -> float:
+        outcome = _outcome_of(state)
+        assert outcome is not None
+        return backoff(self.attempts, outcome, self.policy, self.transport.clock.time())
+
+    def should_stop(self, state: RetryCallState) -> bool:
+        if self.attempts > self.policy.max_retries:
+            return True
+        remaining = self._remaining()
+        return remaining is not None and remaining <= state.upcoming_sleep
+
+    def before_sleep(self, state: RetryCallState) -> None:
+        outcome = _outcome_of(state)
+        assert outcome is not None
+        reason = retry_reason(outcome, self.policy) or "retry"
+        status = outcome.response.status_code if outcome.response is not None else None
+        event = RetryEvent(
+            method=self.method,
+            route=self.route,
+            request_id=self.request_id,
+            attempt=self.attempts,
+            reason=reason,
+            wait=state.upcoming_sleep,
+            status_code=status,
+        )
+        logger.info(
+            "retrying %s %s after %s (attempt %d, waiting %.2fs, request_id=%s)",
+            self.method,
+            self.route,
+            reason,
+            self.attempts,
+            event.wait,
+            self.request_id,
+        )
+        if self.transport.on_retry is not None:
+            self.transport.on_retry(event)
+
+
+def _outcome_of(state: RetryCallState) -> Outcome | None:
+    future = state.outcome
+    if future is None or future.failed:
+        return None  # an exception escaped attempt(): a cancellation or a bug; never retried
+    result: Outcome = future.result()
+    return result
+
+
+def _last_outcome(state: RetryCallState) -> Outcome:
+    assert state.outcome is not None
+    result: Outcome = state.outcome.result()
+    return result
+
+
+def _transport_error(error: Exception | None, request_id: str | None, attempts: int) -> TransportError:
+    if isinstance(error, _DeadlineExceeded):
+        return RequestTimeout(
+            f"the call's deadline ran out after {attempts} attempt(s)",
+            request_id=request_id,
+            attempts=attempts,
+        )
+    kind = type(error).__name__
+    detail = str(error) or kind
+    message = f"{kind}: {detail} (after {attempts} attempt(s))"
+    if isinstance(error, httpx.TimeoutException):
+        return RequestTimeout(message, request_id=request_id, attempts=attempts)
+    return ConnectError(message, request_id=request_id, attempts=attempts)
