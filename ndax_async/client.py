@@ -173,16 +173,10 @@ class AsyncClient:
             deadline=self.retry_policy.deadline if deadline is None else deadline,
         )
 
-    def _resolve_request_id(
-        self, endpoint: str, method: str, route: str, payload: bytes, pinned: object
-    ) -> str:
+    def _resolve_request_id(self, method: str, route: str, payload: bytes, pinned: str | None) -> str:
+        """The pinned id, else one derived from the operation (or random, if so configured)."""
         if pinned is not None:
-            request_id = normalize_request_id(pinned)
-            if request_id is None:
-                raise ValidationError(
-                    "request", [Problem("request_id", "must be a version-4 UUID (or its string)")]
-                )
-            return request_id
+            return pinned
         if self.request_ids is RequestIdMode.RANDOM:
             return random_request_id()
         return derive_request_id(method, route, payload, self.request_id_namespace)
@@ -195,14 +189,14 @@ class AsyncClient:
         payload: NewCustomer | NewMinor | CustomerUpdate,
         record_type: type[R],
         *,
-        request_id: object,
+        request_id: str | None,
         timeout: float | None,
         max_retries: int | None,
         deadline: float | None,
     ) -> R:
         self._ensure_open()
         payload_bytes = _json.dumps(to_wire(payload))
-        rid = self._resolve_request_id(endpoint, method, route, payload_bytes, request_id)
+        rid = self._resolve_request_id(method, route, payload_bytes, request_id)
         body = _with_request_id(payload_bytes, rid) if self._send_request_id[endpoint] else payload_bytes
         sent_id = rid if self._send_request_id[endpoint] else None
         data, attempts = await self._send(
@@ -432,19 +426,32 @@ class Participants:
                 yield participant
 
 
-def _prepare(payload: P | Mapping[str, Any], cls: type[P], request_id: object) -> tuple[P, object]:
-    """Structure a mapping into ``cls``; a ``request_id`` key in it pins the id."""
-    if isinstance(payload, cls):
-        return payload, request_id
+def _prepare(payload: P | Mapping[str, Any], cls: type[P], request_id: object) -> tuple[P, str | None]:
+    """Validate the payload and a pinned request_id together, reporting every problem.
+
+    A mapping is structured into ``cls``; a ``request_id`` key in it pins the id.
+    """
+    problems: list[Problem] = []
     if isinstance(payload, Mapping) and "request_id" in payload:
         embedded = payload["request_id"]
         payload = {key: value for key, value in payload.items() if key != "request_id"}
         if request_id is not None and normalize_request_id(request_id) != normalize_request_id(embedded):
-            raise ValidationError(
-                cls.__name__, [Problem("request_id", "differs from the request_id argument")]
-            )
-        request_id = embedded
-    return structure_payload(payload, cls), request_id
+            problems.append(Problem("request_id", "differs from the request_id argument"))
+        request_id = embedded if request_id is None else request_id
+    pinned = None
+    if request_id is not None:
+        pinned = normalize_request_id(request_id)
+        if pinned is None:
+            problems.append(Problem("request_id", "must be a version-4 UUID (or its string)"))
+    model: P | None = payload if isinstance(payload, cls) else None
+    if model is None:
+        try:
+            model = structure_payload(payload, cls)
+        except ValidationError as error:
+            problems.extend(error.problems)
+    if problems or model is None:
+        raise ValidationError(cls.__name__, problems)
+    return model, pinned
 
 
 def _with_request_id(payload: bytes, request_id: str) -> bytes:

@@ -1,0 +1,81 @@
+"""Canonical JSON: what JSON.stringify prints, byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from ndax_async._json import dumps, format_number
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0.0, "0"),
+        (-0.0, "0"),
+        (1.0, "1"),
+        (1.5, "1.5"),
+        (-2.25, "-2.25"),
+        (100.0, "100"),
+        (1e20, "100000000000000000000"),
+        (1e21, "1e+21"),
+        (1.5e21, "1.5e+21"),
+        (1e16, "10000000000000000"),
+        (123456789012345680000.0, "123456789012345680000"),
+        (0.000001, "0.000001"),
+        (1e-7, "1e-7"),
+        (1.234e-7, "1.234e-7"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (float("nan"), "null"),
+        (float("inf"), "null"),
+        (float("-inf"), "null"),
+    ],
+)
+def test_numbers_format_as_javascript(value: float, expected: str) -> None:
+    assert format_number(value) == expected
+
+
+def test_integers_beyond_2_53_round_like_a_double() -> None:
+    assert dumps(2**53 - 1) == b"9007199254740991"
+    assert dumps(2**53 + 1) == b"9007199254740992"
+    assert dumps(10**21) == b"1e+21"
+    assert dumps(10**400) == b"null"
+
+
+def test_compact_utf8_not_escaped() -> None:
+    assert dumps({"name": "Gaurav Mehta", "city": "मुंबई", "emoji": "😀"}) == (
+        '{"name":"Gaurav Mehta","city":"मुंबई","emoji":"😀"}'.encode()
+    )
+
+
+def test_escapes_like_javascript() -> None:
+    text = 'quote " backslash \\ newline \n tab \t cr \r bs \b ff \f nul \x00 us \x1f del \x7f ls \u2028'
+    expected = (
+        '"quote \\" backslash \\\\ newline \\n tab \\t cr \\r bs \\b ff \\f nul \\u0000 us \\u001f '
+        'del \x7f ls \u2028"'
+    )
+    assert dumps(text) == expected.encode()
+
+
+def test_lone_surrogates_are_escaped_pairs_joined() -> None:
+    assert dumps("a\ud800b") == b'"a\\ud800b"'
+    assert dumps("\ud83d\ude00") == '"😀"'.encode()
+
+
+def test_integer_like_keys_first_ascending_then_insertion_order() -> None:
+    value = {"b": 1, "10": 2, "a": 3, "2": 4, "01": 5, "-1": 6, "4294967295": 7, "4294967294": 8}
+    assert dumps(value) == b'{"2":4,"10":2,"4294967294":8,"b":1,"a":3,"01":5,"-1":6,"4294967295":7}'
+
+
+def test_nested_structures_and_literals() -> None:
+    assert dumps({"a": [1, True, None, {"z": False}], "t": (1, 2)}) == (
+        b'{"a":[1,true,null,{"z":false}],"t":[1,2]}'
+    )
+
+
+def test_rejects_what_json_cannot_hold() -> None:
+    with pytest.raises(TypeError):
+        dumps({1: "x"})
+    with pytest.raises(TypeError):
+        dumps({"when": object()})
