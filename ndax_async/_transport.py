@@ -149,6 +149,9 @@ class _Call:
 
     async def attempt(self) -> Outcome:
         transport = self.transport
+        remaining = self._remaining()
+        if remaining is not None and transport.pause.remaining >= remaining:
+            return Outcome(error=_DeadlineExceeded())  # the shared 429 pause outlasts the deadline
         await transport.pause.wait()
         timeout = self.timeout
         remaining = self._remaining()

@@ -374,7 +374,7 @@ class Participants:
         """``GET /participants/{email}``: the participant, or ``None`` if there is none."""
         if not isinstance(email, str) or not email.strip():
             raise ValidationError("request", [Problem("email", "required (a non-empty string)")])
-        route = "/participants/" + urllib.parse.quote(email, safe="@")
+        route = "/participants/" + urllib.parse.quote(email, safe="@+")
         data, attempts = await self._client._send(
             "GET", route, None, request_id=None, timeout=timeout, not_found_ok=True
         )
