@@ -50,7 +50,8 @@ class AsyncClient:
     Hold one per event loop (in a web app, one for the app's lifespan) and
     close it with ``async with`` or :meth:`aclose`; it is safe to share
     between tasks. Pass ``http_client=`` to bring your own ``httpx.AsyncClient``
-    (you then close it); otherwise the client makes and closes its own.
+    (you then close it); otherwise the client makes and closes its own, over
+    ``transport=`` if given (an ``httpx.AsyncBaseTransport``).
 
     ``request_ids`` picks how a write's request_id is chosen when you do not
     pin one: ``"derived"`` (default; from the operation itself, so retries,
@@ -71,6 +72,7 @@ class AsyncClient:
         deadline: float | None = None,
         retry_policy: RetryPolicy | None = None,
         http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
         request_ids: RequestIdMode | Literal["derived", "random"] = RequestIdMode.DERIVED,
         request_id_namespace: str = "",
@@ -95,8 +97,11 @@ class AsyncClient:
             raise ConfigurationError("request_ids must be 'derived' or 'random'") from None
         self.request_id_namespace = request_id_namespace
         self._send_request_id = _endpoint_flags(send_request_id)
+        if http_client is not None and transport is not None:
+            raise ConfigurationError("pass http_client or transport, not both")
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
+            transport=transport,
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"User-Agent": f"ndax-async/{__version__}"},

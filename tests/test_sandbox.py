@@ -1,0 +1,414 @@
+"""The sandbox's own rules, outcomes, faults and robustness, request by request."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from ndax_async import (
+    AsyncClient,
+    AuthenticationError,
+    BadRequestError,
+    DuplicatePayloadError,
+    IdempotencyConflictError,
+    NotFoundError,
+    ParticipantExistsError,
+    PermissionDeniedError,
+    RateLimitError,
+    RetryPolicy,
+    ServerError,
+)
+from ndax_async._auth import Credentials
+from ndax_async._json import dumps
+from ndax_async.testing import Faults, Sandbox
+
+from .helpers import customer_wire, minor_wire
+
+RID = "7fbab305-2679-4279-808b-9b7a63a55c85"
+RID2 = "0f3c2a1e-0000-4000-8000-000000000001"
+FAST = RetryPolicy(backoff_initial=0.001, backoff_max=0.002)
+
+
+def send(
+    sandbox: Sandbox, method: str, target: str, body: bytes = b"", **header_overrides: str
+) -> tuple[int, Any]:
+    """One request signed with the sandbox's credentials, straight into the core."""
+    credentials = Credentials(sandbox.api_key, sandbox.api_secret, sandbox.passphrase)
+    timestamp = str(int(sandbox.clock()))
+    headers = credentials.headers(timestamp, method, target, body or b"{}")
+    headers.update(header_overrides)
+    reply = sandbox.handle(method, target, headers, body)
+    return reply.status, json.loads(reply.body) if reply.body else None
+
+
+def create(sandbox: Sandbox, **overrides: Any) -> str:
+    status, body = send(sandbox, "POST", "/participants/customers/new", dumps(customer_wire(**overrides)))
+    assert status == 200, body
+    return str(body["message"]["participant_code"])
+
+
+# -- authentication ----------------------------------------------------------------
+
+
+def test_authentication_failures_have_the_documented_shape_and_are_counted() -> None:
+    sandbox = Sandbox()
+    target = "/participants/customers/new"
+    body = dumps(customer_wire())
+    assert send(sandbox, "POST", target, body, **{"X-NDAX-API-KEY": "other"}) == (
+        401,
+        {"error": True, "message": "Invalid API key"},
+    )
+    assert send(sandbox, "POST", target, body, **{"X-NDAX-PASSPHRASE": "guess"})[0] == 401
+    assert (
+        send(sandbox, "POST", target, body, **{"X-NDAX-TIMESTAMP": str(int(sandbox.clock()) - 61)})[0] == 401
+    )
+    assert send(sandbox, "POST", target, body, **{"X-NDAX-TIMESTAMP": "abc"})[0] == 401
+    assert send(sandbox, "POST", target, body, **{"X-NDAX-SIGNED": "AAAA"})[0] == 401
+    assert send(sandbox, "POST", target, body, **{"X-NDAX-SIGNED": "not base64!"})[0] == 401
+    assert sandbox.handle("POST", target, {}, body).status == 401
+    assert sandbox.stats["auth_failures"] == {
+        "bad_key": 1,
+        "bad_passphrase": 1,
+        "stale_timestamp": 1,
+        "bad_timestamp": 1,
+        "bad_signature": 2,
+        "missing_headers": 1,
+    }
+    assert sandbox.stats["creations"] == 0
+
+
+def test_signature_over_the_restringified_body_is_accepted() -> None:
+    # The vendor's own example signs JSON.stringify(body) but sends other bytes.
+    sandbox = Sandbox()
+    target = "/participants/customers/new"
+    compact = dumps(customer_wire())
+    pretty = json.dumps(customer_wire(), indent=2).encode()
+    credentials = Credentials(sandbox.api_key, sandbox.api_secret, sandbox.passphrase)
+    timestamp = str(int(sandbox.clock()))
+    headers = credentials.headers(timestamp, "POST", target, compact)
+    assert sandbox.handle("POST", target, headers, pretty).status == 200
+
+
+def test_query_string_is_part_of_the_signed_route() -> None:
+    sandbox = Sandbox()
+    credentials = Credentials(sandbox.api_key, sandbox.api_secret, sandbox.passphrase)
+    timestamp = str(int(sandbox.clock()))
+    headers = credentials.headers(timestamp, "GET", "/participants?page=1", b"{}")
+    assert sandbox.handle("GET", "/participants?page=2", headers, b"").status == 401
+    assert sandbox.handle("GET", "/participants?page=1", headers, b"").status == 200
+
+
+# -- writes, validation and idempotency ---------------------------------------------------
+
+
+def test_create_validates_every_rule_and_server_only_rules() -> None:
+    sandbox = Sandbox()
+    bad = customer_wire(email="nope", country="Narnia", zip=None, extra_field=1)
+    status, body = send(sandbox, "POST", "/participants/customers/new", dumps(bad))
+    assert status == 400
+    assert body["errors"] == [
+        "extra_field is not a known field",
+        "email not a well-formed email address",
+        "country is not a supported country",
+    ]
+    status, body = send(sandbox, "POST", "/participants/customers/new", dumps(customer_wire(state="ZZ")))
+    assert body == {"errors": ["state is not a supported state"]}
+    assert sandbox.stats["validation_failures"] == 2
+
+
+def test_idempotency_table() -> None:
+    sandbox = Sandbox()
+    target = "/participants/customers/new"
+    first = dumps({"request_id": RID, **customer_wire()})
+    status, created = send(sandbox, "POST", target, first)
+    assert status == 200
+    assert send(sandbox, "POST", target, first) == (200, created)  # replay, no second customer
+    other_payload = dumps({"request_id": RID, **customer_wire(first_name="Jane")})
+    assert send(sandbox, "POST", target, other_payload) == (
+        400,
+        {"errors": ["requestID already used with different participant data"]},
+    )
+    other_id = dumps({"request_id": RID2, **customer_wire()})
+    assert send(sandbox, "POST", target, other_id) == (
+        400,
+        {"errors": ["Participant data already used with different requestID"]},
+    )
+    assert send(sandbox, "POST", target, dumps({"request_id": "nope", **customer_wire()}))[0] == 400
+    stats = sandbox.stats
+    assert (stats["creations"], stats["replays"], stats["conflicts"], stats["duplicate_payloads"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
+
+
+def test_email_is_unique_per_platform_and_duplicates_are_counted() -> None:
+    sandbox = Sandbox()
+    create(sandbox)
+    status, body = send(sandbox, "POST", "/participants/customers/new", dumps(customer_wire(id_number="999")))
+    assert body == {"errors": ["Participant already exists with this email for this platform"]}
+    create(sandbox, email="second@mail.com")  # the same person under a new email
+    assert sandbox.stats["duplicates"] == 1
+
+
+def test_minor_needs_an_existing_custodian_and_to_be_under_18() -> None:
+    sandbox = Sandbox()
+    custodian = create(sandbox)
+    target = "/participants/customers/minor"
+    status, body = send(sandbox, "POST", target, dumps(minor_wire(custodian_participant_code=custodian)))
+    assert status == 200, body
+    assert body["message"]["custodian_participant_code"] == custodian
+    status, body = send(sandbox, "POST", target, dumps(minor_wire(email="m2@mail.com")))
+    assert body == {"errors": ["custodian_participant_code is not a customer of this platform"]}
+    adult = minor_wire(email="m3@mail.com", custodian_participant_code=custodian, date_of_birth="1990-01-01")
+    assert send(sandbox, "POST", target, dumps(adult))[1] == {
+        "errors": ["date_of_birth a minor must be under 18"]
+    }
+    assert sandbox.stats["minors"] == 1
+
+
+# -- the release note's PATCH outcomes ----------------------------------------------------------
+
+
+def patch(sandbox: Sandbox, code: str, data: dict[str, Any]) -> tuple[int, Any]:
+    return send(sandbox, "PATCH", f"/participants/customers/{code}", dumps(data))
+
+
+NAME = {"first_name": "Jo", "last_name": "Smyth"}
+AT = {"platform_updated_at": 1700000000000}
+
+
+def test_patch_success_returns_the_updated_record() -> None:
+    sandbox = Sandbox()
+    code = create(sandbox)
+    status, body = patch(sandbox, code, {**NAME, **AT})
+    assert status == 200
+    assert body["message"]["first_name"] == "Jo"
+    assert body["message"]["platform_updated_at"] == 1700000000000
+    assert sandbox.stats["updates"] == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (
+            {**AT, "date_of_birth": "1990-01-01", **NAME},
+            400,
+            "Cannot update the requested fields: date_of_birth",
+        ),
+        (
+            {**AT, "first_name": "Jo", "zip": "1", "country": "United States"},
+            400,
+            "Data segment validation failed. One or more segment fields either invalid or not provided. "
+            'Segment error: "last_name required field", "address_one required field", "city required field", '
+            '"state required field", "zip should match format must be NNNNN or NNNNN-NNNN when country is '
+            'United States"',
+        ),
+        (AT, 400, "platform_updated_at submitted with no data segment to update"),
+    ],
+)
+def test_patch_refusals(data: dict[str, Any], status: int, message: str) -> None:
+    sandbox = Sandbox()
+    code = create(sandbox)
+    assert patch(sandbox, code, data) == (status, {"errors": [message]})
+
+
+def test_patch_participant_relationships() -> None:
+    sandbox = Sandbox()
+    custodian = create(sandbox)
+    minor = sandbox.add_participant({"email": "kid@mail.com"}, kind="minor")
+    foreign = sandbox.add_participant({"email": "x@other.com", "platform_code": "OTHER9"})
+    assert patch(sandbox, minor, {**NAME, **AT}) == (
+        400,
+        {"errors": [f"Participant {minor} is not a customer"]},
+    )
+    assert patch(sandbox, foreign, {**NAME, **AT}) == (
+        403,
+        {"error": True, "message": f"Participant {foreign} is not a customer of PLAT01"},
+    )
+    assert patch(sandbox, "NOPE1", {**NAME, **AT}) == (404, {"error": "Not Found"})
+    sandbox.update_allowed = False
+    assert patch(sandbox, custodian, {**NAME, **AT}) == (
+        403,
+        {"error": True, "message": "Participant PLAT01 is not allowed to submit/update customers"},
+    )
+
+
+def test_patch_email_change_respects_uniqueness() -> None:
+    sandbox = Sandbox()
+    first = create(sandbox)
+    create(sandbox, email="taken@mail.com", id_number="2")
+    assert patch(sandbox, first, {**AT, "email": "taken@mail.com"})[0] == 400
+    assert patch(sandbox, first, {**AT, "email": "new@mail.com"})[0] == 200
+    assert send(sandbox, "GET", "/participants/new@mail.com")[1]["message"]["participant_code"] == first
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+def test_reads_filter_and_paginate() -> None:
+    sandbox = Sandbox(page_size=2)
+    custodian = create(sandbox)
+    for n in range(3):
+        create(sandbox, email=f"c{n}@mail.com", id_number=str(n))
+    send(
+        sandbox,
+        "POST",
+        "/participants/customers/minor",
+        dumps(minor_wire(custodian_participant_code=custodian)),
+    )
+    status, body = send(sandbox, "GET", "/participants?page=2&minors=false")
+    assert status == 200
+    assert (body["page"], body["total_pages"], body["count"], len(body["message"])) == (2, 2, 4, 2)
+    status, body = send(sandbox, "GET", "/participants?minors=true")
+    assert [p["custodian_participant_code"] for p in body["message"]] == [custodian]
+    assert send(sandbox, "GET", "/participants/nobody@mail.com") == (404, {"error": "Not Found"})
+    assert send(sandbox, "GET", "/participants?page=x")[0] == 400
+
+
+# -- bad input to the sandbox itself ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "body", "status"),
+    [
+        ("POST", "/participants/customers/new", b"{not json", 400),
+        ("POST", "/participants/customers/new", b"[1,2]", 400),
+        ("POST", "/participants/customers/new", b"", 400),
+        ("POST", "/participants/customers/new", b"\xff\xfe", 400),
+        ("POST", "/participants/customers/new", b"[" * 100_000, 400),
+        ("POST", "/participants/customers/new", b"x" * 1_000_001, 413),
+        ("DELETE", "/participants/customers/new", b"", 404),
+        ("GET", "/nowhere", b"", 404),
+        ("PATCH", "/participants/customers/", b"{}", 404),
+    ],
+)
+def test_bad_requests_get_an_error_never_a_crash(method: str, target: str, body: bytes, status: int) -> None:
+    sandbox = Sandbox()
+    assert send(sandbox, method, target, body)[0] == status
+    assert send(sandbox, "GET", "/participants")[0] == 200  # still serving
+
+
+# -- rate limit ------------------------------------------------------------------------------------
+
+
+def test_rate_limit_blocks_the_ip_for_the_window() -> None:
+    now = [1_700_000_000.0]
+    sandbox = Sandbox(rate_limit=(3, 10.0), clock=lambda: now[0])
+    assert [send(sandbox, "GET", "/participants")[0] for _ in range(4)] == [200, 200, 200, 429]
+    now[0] += 5
+    assert send(sandbox, "GET", "/participants")[0] == 429  # still blocked
+    now[0] += 6
+    assert send(sandbox, "GET", "/participants")[0] == 200
+    assert sandbox.stats["rate_limited"] == 2
+
+
+# -- faults, through the SDK -------------------------------------------------------------------
+
+
+async def test_drop_after_commit_is_replayed_not_duplicated() -> None:
+    sandbox = Sandbox(faults=Faults(drop_after=1.0))
+    async with sandbox.client(retry_policy=FAST, max_retries=2) as client:
+        with pytest.raises(Exception, match="disconnected"):
+            await client.customers.create(customer_wire())
+        sandbox.faults()  # heal the network; the retry of a new call replays
+        customer = await client.customers.create(customer_wire())
+    stats = sandbox.stats
+    assert (stats["creations"], stats["replays"], stats["duplicates"]) == (1, 3, 0)
+    assert customer.participant_code == "P0000001"
+    assert stats["faults"] == {"drop_after": 3}
+
+
+@pytest.mark.parametrize("kind", ["drop_before", "err503", "err429", "err429_bare", "drop_after"])
+async def test_each_retryable_fault_is_survived_exactly_once(kind: str) -> None:
+    sandbox = Sandbox()
+    sandbox.faults(**{kind: 0.5}, seed=3)
+    policy = RetryPolicy(backoff_initial=0.001, backoff_max=0.002, rate_limit_pause=0.001)
+    async with sandbox.client(retry_policy=policy, max_retries=20) as client:
+        for n in range(20):
+            await client.customers.create(customer_wire(email=f"u{n}@mail.com", id_number=str(n)))
+    stats = sandbox.stats
+    assert stats["creations"] == 20
+    assert stats["duplicates"] == stats["conflicts"] == stats["duplicate_payloads"] == 0
+    assert stats["faults"][kind] > 0
+
+
+async def test_commit_then_500_is_not_retried_but_a_resend_replays() -> None:
+    sandbox = Sandbox(faults={"err500_after": 1.0})
+    async with sandbox.client() as client:
+        with pytest.raises(ServerError):
+            await client.customers.create(customer_wire())
+        sandbox.faults()
+        assert (await client.customers.create(customer_wire())).participant_code == "P0000001"
+    assert (sandbox.stats["creations"], sandbox.stats["replays"]) == (1, 1)
+
+
+async def test_slow_response_after_commit_times_out_then_replays() -> None:
+    sandbox = Sandbox(faults={"slow_after": 1.0, "slow_seconds": 5.0})
+    async with sandbox.client(timeout=0.05, max_retries=1, retry_policy=FAST) as client:
+        with pytest.raises(Exception, match="ReadTimeout"):
+            await client.customers.create(customer_wire())
+        sandbox.faults()
+        await client.customers.create(customer_wire())
+    # Both slow attempts committed once; the retry and the later call were replays.
+    assert (sandbox.stats["creations"], sandbox.stats["replays"]) == (1, 2)
+
+
+async def test_faults_are_deterministic_under_a_seed() -> None:
+    def run() -> list[str | None]:
+        faults = Faults(drop_before=0.2, err503=0.2, seed=42)
+        return [faults.draw() for _ in range(200)]
+
+    assert run() == run()
+    with pytest.raises(ValueError, match="sum"):
+        Faults(drop_before=0.7, err503=0.7)
+
+
+# -- the SDK's typed errors against the sandbox's answers ------------------------------------------
+
+
+async def test_sdk_errors_from_sandbox_answers() -> None:
+    sandbox = Sandbox()
+    async with sandbox.client(request_ids="random") as client:
+        customer = await client.customers.create(customer_wire())
+        with pytest.raises(DuplicatePayloadError):
+            await client.customers.create(customer_wire())  # a new random id for an applied payload
+        with pytest.raises(IdempotencyConflictError):
+            await client.customers.create(customer_wire(first_name="Other"), request_id=customer.request_id)
+        with pytest.raises(ParticipantExistsError):
+            await client.customers.create(customer_wire(id_number="777"))
+        with pytest.raises(BadRequestError, match="supported country"):
+            await client.customers.create(customer_wire(email="z@mail.com", country="Atlantis"))
+        with pytest.raises(NotFoundError):
+            await client.customers.update("NOPE", {**AT, **NAME})
+        sandbox.update_allowed = False
+        with pytest.raises(PermissionDeniedError):
+            await client.customers.update(str(customer.participant_code), {**AT, **NAME})
+    async with AsyncClient(
+        api_key=sandbox.api_key,
+        api_secret=sandbox.api_secret,
+        passphrase="wrong",
+        transport=sandbox.transport(),
+    ) as stranger:
+        with pytest.raises(AuthenticationError):
+            await stranger.participants.get_by_email("a@b.co")
+
+
+async def test_rate_limit_through_the_sdk_pauses_then_succeeds() -> None:
+    sandbox = Sandbox(rate_limit=(2, 0.2))
+    policy = RetryPolicy(rate_limit_pause=0.25)
+    async with sandbox.client(retry_policy=policy, max_retries=0) as client:
+        await client.participants.get_by_email("a@b.co")
+        await client.participants.get_by_email("a@b.co")
+        with pytest.raises(RateLimitError):
+            await client.participants.get_by_email("a@b.co")
+        assert client.rate_limit_pause.remaining > 0
+        assert await client.participants.get_by_email("a@b.co") is None  # waited out the block
+
+
+def test_sandbox_transport_is_an_httpx_transport() -> None:
+    assert isinstance(Sandbox().transport(), httpx.AsyncBaseTransport)
