@@ -30,6 +30,12 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(customers=args.customers, concurrency=args.concurrency)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="ndax-async", description=__doc__)
@@ -39,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox.add_argument("--faults", default="", help="e.g. drop_after=0.1,err503=0.05,seed=7")
     sandbox.add_argument("--rate-limit", default="", help="REQUESTS/SECONDS, e.g. 2000/10 (off by default)")
     sandbox.set_defaults(run=_sandbox)
+    demo = commands.add_parser("demo", help="onboard a batch against the embedded sandbox, faults on")
+    demo.add_argument("--customers", type=int, default=400)
+    demo.add_argument("--concurrency", type=int, default=32)
+    demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -30,3 +30,6 @@ async def client(clock: FakeClock, mock: respx.MockRouter) -> AsyncIterator[Asyn
         api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock
     ) as instance:
         yield instance
+
+
+pytest_plugins = ["pytester"]

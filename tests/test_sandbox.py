@@ -150,6 +150,7 @@ def test_email_is_unique_per_platform_and_duplicates_are_counted() -> None:
     sandbox = Sandbox()
     create(sandbox)
     status, body = send(sandbox, "POST", "/participants/customers/new", dumps(customer_wire(id_number="999")))
+    assert status == 400
     assert body == {"errors": ["Participant already exists with this email for this platform"]}
     create(sandbox, email="second@mail.com")  # the same person under a new email
     assert sandbox.stats["duplicates"] == 1
