@@ -34,14 +34,13 @@ from .errors import (
 )
 from .models import Customer, CustomerUpdate, Minor, NewCustomer, NewMinor, Participant
 
-__all__ = ["PRODUCTION_URL", "AsyncClient", "Customers", "ParticipantPage", "Participants"]
+__all__ = ["PRODUCTION_URL", "AsyncClient", "Customers", "ParticipantPage", "Participants", "PreparedWrite"]
 
 PRODUCTION_URL = "https://api.ndax.in"
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _ENDPOINTS = ("create", "create_minor", "update")
 
 P = TypeVar("P", NewCustomer, NewMinor, CustomerUpdate)
-R = TypeVar("R", Customer, Minor)
 
 
 class AsyncClient:
@@ -186,37 +185,54 @@ class AsyncClient:
             return random_request_id()
         return derive_request_id(method, route, payload, self.request_id_namespace)
 
-    async def _write(
+    def _prepare_write(
+        self, endpoint: str, payload: Any, *, participant_code: str | None = None, request_id: object = None
+    ) -> PreparedWrite:
+        """Validate, encode once and fix the request_id: everything before the first attempt."""
+        spec = _WRITES[endpoint]
+        problems = _rules.check_participant_code(participant_code) if spec.needs_code else []
+        try:
+            model, pinned = _prepare(payload, spec.model, request_id)
+        except ValidationError as error:
+            raise ValidationError(error.model, [*problems, *error.problems]) from None
+        if problems:
+            raise ValidationError(spec.model.__name__, problems)
+        route = spec.route.format(code=participant_code)
+        payload_bytes = _json.dumps(to_wire(model))
+        rid = self._resolve_request_id(spec.method, route, payload_bytes, pinned)
+        sends_id = self._send_request_id[endpoint]
+        return PreparedWrite(
+            endpoint=endpoint,
+            method=spec.method,
+            route=route,
+            body=_with_request_id(payload_bytes, rid) if sends_id else payload_bytes,
+            request_id=rid if sends_id else None,
+            record_type=spec.record,
+        )
+
+    async def _execute(
         self,
-        endpoint: str,
-        method: str,
-        route: str,
-        payload: NewCustomer | NewMinor | CustomerUpdate,
-        record_type: type[R],
+        prepared: PreparedWrite,
         *,
-        request_id: str | None,
-        timeout: float | None,
-        max_retries: int | None,
-        deadline: float | None,
-    ) -> R:
-        self._ensure_open()
-        payload_bytes = _json.dumps(to_wire(payload))
-        rid = self._resolve_request_id(method, route, payload_bytes, request_id)
-        body = _with_request_id(payload_bytes, rid) if self._send_request_id[endpoint] else payload_bytes
-        sent_id = rid if self._send_request_id[endpoint] else None
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Send a prepared write (retrying) and read its record."""
         data, attempts = await self._send(
-            method,
-            route,
-            body,
-            request_id=sent_id,
+            prepared.method,
+            prepared.route,
+            prepared.body,
+            request_id=prepared.request_id,
             timeout=timeout,
             max_retries=max_retries,
             deadline=deadline,
         )
         message = data.get("message") if isinstance(data, dict) else None
         if not isinstance(message, dict):
-            raise _malformed("a 'message' object", data, sent_id, attempts)
-        return read_record(message, record_type, attempts=attempts, request_id=sent_id)
+            raise _malformed("a 'message' object", data, prepared.request_id, attempts)
+        record_type: Any = prepared.record_type
+        return read_record(message, record_type, attempts=attempts, request_id=prepared.request_id)
 
     async def _send(
         self,
@@ -267,7 +283,11 @@ class AsyncClient:
 
 
 class Customers:
-    """The write endpoints: create a customer or a minor, update a customer."""
+    """The write endpoints: create a customer or a minor, update a customer.
+
+    Each takes ``request_id=`` to pin the id, and ``timeout=``, ``max_retries=``
+    and ``deadline=`` for this call only.
+    """
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
@@ -286,18 +306,12 @@ class Customers:
         Safe to call again for the same customer: with the default derived
         request_id the server replays the original result.
         """
-        payload, request_id = _prepare(customer, NewCustomer, request_id)
-        return await self._client._write(
-            "create",
-            "POST",
-            "/participants/customers/new",
-            payload,
-            Customer,
-            request_id=request_id,
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
+        self._client._ensure_open()
+        prepared = self._client._prepare_write("create", customer, request_id=request_id)
+        record: Customer = await self._client._execute(
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
         )
+        return record
 
     async def create_minor(
         self,
@@ -309,18 +323,12 @@ class Customers:
         deadline: float | None = None,
     ) -> Minor:
         """Create a minor under a custodian (``POST /participants/customers/minor``)."""
-        payload, request_id = _prepare(minor, NewMinor, request_id)
-        return await self._client._write(
-            "create_minor",
-            "POST",
-            "/participants/customers/minor",
-            payload,
-            Minor,
-            request_id=request_id,
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
+        self._client._ensure_open()
+        prepared = self._client._prepare_write("create_minor", minor, request_id=request_id)
+        record: Minor = await self._client._execute(
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
         )
+        return record
 
     async def update(
         self,
@@ -337,24 +345,44 @@ class Customers:
         A mapping may be the flat wire shape (``platform_updated_at`` plus the
         fields of each segment) or hold ``name``/``address``/``identity``.
         """
-        code_problems = _rules.check_participant_code(participant_code)
-        try:
-            payload, request_id = _prepare(update, CustomerUpdate, request_id)
-        except ValidationError as error:
-            raise ValidationError(error.model, [*code_problems, *error.problems]) from None
-        if code_problems:
-            raise ValidationError("CustomerUpdate", code_problems)
-        return await self._client._write(
-            "update",
-            "PATCH",
-            f"/participants/customers/{participant_code}",
-            payload,
-            Customer,
-            request_id=request_id,
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
+        self._client._ensure_open()
+        prepared = self._client._prepare_write(
+            "update", update, participant_code=participant_code, request_id=request_id
         )
+        record: Customer = await self._client._execute(
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+        )
+        return record
+
+
+@attrs.frozen
+class _WriteSpec:
+    method: str
+    route: str
+    model: type[NewCustomer] | type[NewMinor] | type[CustomerUpdate]
+    record: type[Customer] | type[Minor]
+    needs_code: bool = False
+
+
+_WRITES = {
+    "create": _WriteSpec("POST", "/participants/customers/new", NewCustomer, Customer),
+    "create_minor": _WriteSpec("POST", "/participants/customers/minor", NewMinor, Minor),
+    "update": _WriteSpec(
+        "PATCH", "/participants/customers/{code}", CustomerUpdate, Customer, needs_code=True
+    ),
+}
+
+
+@attrs.frozen
+class PreparedWrite:
+    """A write ready to send: its route, exact body bytes and request_id, fixed."""
+
+    endpoint: str
+    method: str
+    route: str
+    body: bytes
+    request_id: str | None
+    record_type: type[Customer] | type[Minor]
 
 
 @attrs.frozen
