@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState
 
 from ._auth import EMPTY_BODY, Credentials
 from ._clock import Clock
+from ._limits import RateLimiter, RetryQuota
 from ._retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
 from .errors import ConnectError, RequestTimeout, TransportError
 
@@ -47,7 +48,11 @@ class Transport:
         clock: Clock,
         pause: RateLimitPause,
         on_retry: Callable[[RetryEvent], None] | None = None,
+        limiter: RateLimiter | None = None,
+        quota: RetryQuota | None = None,
     ) -> None:
+        self.limiter = limiter
+        self.quota = quota
         self.http = http
         self.credentials = credentials
         self.base_url = base_url
@@ -80,6 +85,8 @@ class Transport:
         )
         outcome: Outcome = await retrying(call.attempt)
         if outcome.response is not None:
+            if self.quota is not None and outcome.response.status_code < 400:
+                self.quota.refund()
             return outcome.response, call.attempts
         # Not chained: the httpx error holds the signed request and its headers.
         raise _transport_error(outcome.error, request_id, call.attempts) from None
@@ -153,6 +160,8 @@ class _Call:
         if remaining is not None and transport.pause.remaining >= remaining:
             return Outcome(error=_DeadlineExceeded())  # the shared 429 pause outlasts the deadline
         await transport.pause.wait()
+        if transport.limiter is not None:
+            await transport.limiter.acquire()
         timeout = self.timeout
         remaining = self._remaining()
         if remaining is not None:
@@ -187,7 +196,18 @@ class _Call:
 
     def should_retry(self, state: RetryCallState) -> bool:
         outcome = _outcome_of(state)
-        return outcome is not None and retry_reason(outcome, self.policy) is not None
+        if outcome is None or retry_reason(outcome, self.policy) is None:
+            return False
+        quota = self.transport.quota
+        if quota is not None and not quota.spend(timeout=isinstance(outcome.error, httpx.TimeoutException)):
+            logger.warning(
+                "retry budget exhausted: not retrying %s %s (request_id=%s)",
+                self.method,
+                self.route,
+                self.request_id,
+            )
+            return False
+        return True
 
     def wait(self, state: RetryCallState) -> float:
         outcome = _outcome_of(state)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -36,6 +38,32 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(customers=args.customers, concurrency=args.concurrency)
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    from ._backfill import backfill, dry_run, report
+    from .client import AsyncClient
+
+    path = Path(args.file)
+    journal = Path(args.journal) if args.journal else path.with_name(path.name + ".journal.sqlite")
+    if args.report:
+        return asyncio.run(report(journal))
+    if args.dry_run:
+        return asyncio.run(dry_run(path))
+    results = Path(args.results) if args.results else path.with_name(path.name + ".results.jsonl")
+
+    async def run() -> int:
+        async with AsyncClient.from_env(max_connections=max(args.concurrency, 10)) as client:
+            return await backfill(
+                path,
+                client=client,
+                concurrency=args.concurrency,
+                rate=args.rate or None,
+                journal=journal,
+                results=results,
+            )
+
+    return asyncio.run(run())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="ndax-async", description=__doc__)
@@ -45,6 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox.add_argument("--faults", default="", help="e.g. drop_after=0.1,err503=0.05,seed=7")
     sandbox.add_argument("--rate-limit", default="", help="REQUESTS/SECONDS, e.g. 2000/10 (off by default)")
     sandbox.set_defaults(run=_sandbox)
+    backfill = commands.add_parser("backfill", help="run a JSON Lines or CSV file of operations, resumably")
+    backfill.add_argument("file", help="a .jsonl (or .csv) file, one operation per row")
+    backfill.add_argument("--concurrency", type=int, default=16, help="operations in flight (default 16)")
+    backfill.add_argument(
+        "--rate", type=float, default=180.0, help="requests per second (default 180; 0: no limit)"
+    )
+    backfill.add_argument("--journal", help="SQLite journal (default: FILE.journal.sqlite)")
+    backfill.add_argument("--results", help="results file, JSON lines (default: FILE.results.jsonl)")
+    backfill.add_argument("--dry-run", action="store_true", help="validate every row, send nothing")
+    backfill.add_argument(
+        "--report", action="store_true", help="print the run's state from its journal alone"
+    )
+    backfill.set_defaults(run=_backfill)
     demo = commands.add_parser("demo", help="onboard a batch against the embedded sandbox, faults on")
     demo.add_argument("--customers", type=int, default=400)
     demo.add_argument("--concurrency", type=int, default=32)

@@ -7,6 +7,7 @@ typed record or typed error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import urllib.parse
@@ -21,6 +22,7 @@ from ._auth import Credentials
 from ._clock import Clock, SystemClock
 from ._convert import read_record, structure_payload, to_wire
 from ._idempotency import RequestIdMode, derive_request_id, normalize_request_id, random_request_id
+from ._limits import RateLimiter, RetryQuota
 from ._retry import RateLimitPause, RetryEvent, RetryPolicy
 from ._transport import Transport
 from ._version import __version__
@@ -56,7 +58,8 @@ class AsyncClient:
     pin one: ``"derived"`` (default; from the operation itself, so retries,
     restarts and other machines agree) or ``"random"`` (per call).
     ``send_request_id`` turns sending it off for all or some endpoints
-    (``{"create_minor": False}``).
+    (``{"create_minor": False}``). ``rate_limit`` (requests per second) spaces
+    every attempt; ``retry_quota`` shares a retry budget across calls.
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class AsyncClient:
         request_id_namespace: str = "",
         send_request_id: bool | Mapping[str, bool] = True,
         on_retry: Callable[[RetryEvent], None] | None = None,
+        rate_limit: float | None = None,
+        retry_quota: RetryQuota | None = None,
         allow_insecure_http: bool = False,
         clock: Clock | None = None,
     ) -> None:
@@ -114,6 +119,10 @@ class AsyncClient:
             clock=self._clock,
             pause=self.rate_limit_pause,
             on_retry=on_retry,
+            limiter=RateLimiter(rate_limit, burst=max(1.0, rate_limit / 10), clock=self._clock)
+            if rate_limit
+            else None,
+            quota=retry_quota,
         )
         self._closed = False
         self.customers = Customers(self)
@@ -208,6 +217,7 @@ class AsyncClient:
             body=_with_request_id(payload_bytes, rid) if sends_id else payload_bytes,
             request_id=rid if sends_id else None,
             record_type=spec.record,
+            payload_hash=hashlib.sha256(payload_bytes).hexdigest(),
         )
 
     async def _execute(
@@ -383,6 +393,8 @@ class PreparedWrite:
     body: bytes
     request_id: str | None
     record_type: type[Customer] | type[Minor]
+    payload_hash: str
+    """sha256 of the payload without request_id: what "the same operation" means."""
 
 
 @attrs.frozen

@@ -1,0 +1,169 @@
+"""The bulk journal: a durable record of each operation, in SQLite, off the event loop.
+
+Each operation's row is written *before* it is sent (state ``sending``, with
+its request_id and payload hash) and *after* (``succeeded`` with the
+participant_code, or ``failed`` with the reason). A run killed at any instant
+and started again finds: succeeded rows to skip, and in-flight or failed rows
+to resend with the *same* request_id, so the server replays instead of
+applying twice. Every SQLite call runs on one dedicated thread; the event loop
+only awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+__all__ = ["Journal", "JournalEntry"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operations (
+    key TEXT PRIMARY KEY,
+    op TEXT NOT NULL,
+    line INTEGER,
+    request_id TEXT,
+    payload_hash TEXT,
+    state TEXT NOT NULL,
+    participant_code TEXT,
+    reason TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+@attrs.frozen
+class JournalEntry:
+    """One operation as the journal last recorded it."""
+
+    key: str
+    op: str
+    line: int | None
+    request_id: str | None
+    payload_hash: str | None
+    state: str
+    participant_code: str | None
+    reason: str | None
+    error: str | None
+    attempts: int
+
+
+class Journal:
+    """An SQLite journal at ``path`` (``":memory:"`` for none on disk)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ndax-journal")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> Journal:
+        """Open (creating the file and table if needed)."""
+        await self._run(self._open)
+        return self
+
+    def _open(self) -> None:
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
+        self._db.execute(_SCHEMA)
+
+    async def close(self) -> None:
+        """Close the database and its thread."""
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the journal is not open")
+        return self._db
+
+    async def get(self, key: str) -> JournalEntry | None:
+        """The entry for ``key``, if any."""
+        return await self._run(self._get, key)
+
+    def _get(self, key: str) -> JournalEntry | None:
+        row = self._conn().execute("SELECT * FROM operations WHERE key = ?", (key,)).fetchone()
+        return JournalEntry(*row[:10]) if row else None
+
+    async def sending(
+        self, key: str, op: str, line: int | None, request_id: str | None, payload_hash: str
+    ) -> None:
+        """Record, durably, that ``key`` is about to be sent with ``request_id``."""
+        await self._run(self._upsert, key, op, line, request_id, payload_hash, "sending", None, None, None, 0)
+
+    async def finished(
+        self,
+        key: str,
+        op: str,
+        line: int | None,
+        *,
+        succeeded: bool,
+        request_id: str | None = None,
+        payload_hash: str | None = None,
+        participant_code: str | None = None,
+        reason: str | None = None,
+        error: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        """Record the outcome of ``key``."""
+        state = "succeeded" if succeeded else "failed"
+        await self._run(
+            self._upsert,
+            key,
+            op,
+            line,
+            request_id,
+            payload_hash,
+            state,
+            participant_code,
+            reason,
+            error,
+            attempts,
+        )
+
+    def _upsert(self, *values: Any) -> None:
+        self._conn().execute(
+            "INSERT INTO operations (key, op, line, request_id, payload_hash, state, participant_code,"
+            " reason, error, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET op=excluded.op, line=excluded.line,"
+            " request_id=COALESCE(excluded.request_id, request_id),"
+            " payload_hash=COALESCE(excluded.payload_hash, payload_hash), state=excluded.state,"
+            " participant_code=excluded.participant_code, reason=excluded.reason, error=excluded.error,"
+            " attempts=excluded.attempts, updated_at=excluded.updated_at",
+            (*values, time.time()),
+        )
+
+    async def counts(self) -> dict[str, int]:
+        """How many operations are in each state."""
+        return await self._run(self._counts)
+
+    def _counts(self) -> dict[str, int]:
+        rows = self._conn().execute("SELECT state, COUNT(*) FROM operations GROUP BY state").fetchall()
+        return {state: count for state, count in rows}
+
+    async def failures(self) -> list[JournalEntry]:
+        """Every operation whose last recorded state is not ``succeeded``."""
+        return await self._run(self._failures)
+
+    def _failures(self) -> list[JournalEntry]:
+        rows = (
+            self._conn()
+            .execute("SELECT * FROM operations WHERE state != 'succeeded' ORDER BY line, key")
+            .fetchall()
+        )
+        return [JournalEntry(*row[:10]) for row in rows]

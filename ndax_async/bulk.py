@@ -1,0 +1,436 @@
+"""Bulk onboarding and backfill: bounded, rate-limited, resumable, exactly once.
+
+``Bulk(client, concurrency=..., rate=..., journal=...)`` runs operations from
+any sync or async iterable, streamed (memory stays bounded by the concurrency,
+not the input), and yields an :class:`OperationResult` per operation as it
+finishes; :attr:`Bulk.summary` totals them.
+
+- Concurrency is a fixed number of in-flight operations, kept at or below the
+  client's connection pool, so tasks never queue for a connection.
+- Every attempt passes a rate limiter (the platform allows 2,000 requests per
+  10 s per IP; the default is 180/s), and a 429 pauses every request.
+- A retry budget shared by the run (:class:`~ndax_async.RetryQuota`) stops
+  thousands of operations retrying at once against a failing server.
+- With a journal (SQLite), each operation is recorded before it is sent and
+  after; a run killed at any instant and started again skips what succeeded
+  and resends what was in flight with the same request_id.
+- Nothing is dropped: a row that is malformed, invalid or refused becomes a
+  ``failed`` result with its line and reason, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from ._journal import Journal, JournalEntry
+from ._limits import RateLimiter, RetryQuota
+from ._retry import RetryEvent
+from .client import AsyncClient, PreparedWrite
+from .errors import APIError, TransportError, ValidationError
+
+__all__ = ["Bulk", "BulkSummary", "Operation", "OperationResult", "RowError"]
+
+OpKind = Literal["create", "create_minor", "update"]
+OP_KINDS: tuple[str, ...] = ("create", "create_minor", "update")
+DEFAULT_RATE = 180.0  # 90% of the documented 2,000 requests per 10 seconds
+
+
+@attrs.frozen(kw_only=True)
+class Operation:
+    """One logical operation of a bulk run.
+
+    ``key`` is the caller's unique identifier for it. ``data`` is the wire
+    payload (a mapping) or a model. An update names its ``participant_code``;
+    a minor may name its custodian by ``custodian_key`` (the key of a create
+    in the same run) instead of ``custodian_participant_code``.
+    """
+
+    key: str
+    op: OpKind
+    data: Any
+    participant_code: str | None = None
+    custodian_key: str | None = None
+    line: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RowError:
+    """An input row that could not be read as an operation (reported, never dropped)."""
+
+    line: int
+    reason: str
+    key: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class OperationResult:
+    """What happened to one operation.
+
+    ``outcome`` is ``succeeded``, ``skipped`` (already succeeded in an earlier
+    run, per the journal) or ``failed``; ``reason`` says why it failed
+    (``bad_row``, ``validation``, ``rejected``, ``conflict``, ``server``,
+    ``transport``, ``custodian``).
+    """
+
+    key: str | None
+    op: str | None
+    outcome: Literal["succeeded", "skipped", "failed"]
+    line: int | None = None
+    participant_code: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    request_id: str | None = None
+    resent: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as a plain dict (for a results file)."""
+        return attrs.asdict(self)
+
+
+@attrs.define
+class BulkSummary:
+    """Totals of a run."""
+
+    succeeded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    resent: int = 0
+    failed_by_reason: Counter[str] = attrs.field(factory=Counter)
+    retries_by_reason: Counter[str] = attrs.field(factory=Counter)
+    started: float = attrs.field(factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def total(self) -> int:
+        """Operations accounted for."""
+        return self.succeeded + self.skipped + self.failed
+
+    @property
+    def retries(self) -> int:
+        """Retries made, all reasons."""
+        return sum(self.retries_by_reason.values())
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from start to finish (or to now)."""
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        """Operations per second."""
+        return self.total / self.elapsed if self.elapsed > 0 else 0.0
+
+    def add(self, result: OperationResult) -> None:
+        """Count one result."""
+        if result.outcome == "succeeded":
+            self.succeeded += 1
+        elif result.outcome == "skipped":
+            self.skipped += 1
+        else:
+            self.failed += 1
+            self.failed_by_reason[result.reason or "unknown"] += 1
+        self.resent += result.resent
+
+    def describe(self) -> str:
+        """A few human lines."""
+        failed = ", ".join(f"{k} {v}" for k, v in self.failed_by_reason.most_common()) or "none"
+        retries = ", ".join(f"{k} {v}" for k, v in self.retries_by_reason.most_common()) or "none"
+        return (
+            f"succeeded {self.succeeded}, skipped (already done) {self.skipped}, failed {self.failed}"
+            f" ({failed})\nresent after an interrupted run {self.resent};"
+            f" retries {self.retries} ({retries})\n"
+            f"{self.total} operations in {self.elapsed:.1f}s ({self.rate:.0f}/s)"
+        )
+
+
+class Bulk:
+    """Runs operations through one :class:`~ndax_async.AsyncClient`, exactly once.
+
+    For the run, the engine installs its rate limiter, retry budget and retry
+    counter on the client, and restores the client's own afterwards.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        concurrency: int = 16,
+        rate: float | None = DEFAULT_RATE,
+        journal: str | Path | Journal | None = None,
+        retry_quota: RetryQuota | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.client = client
+        self.concurrency = concurrency
+        self.rate = rate
+        self.retry_quota = retry_quota or RetryQuota()
+        self._journal_spec = journal
+        self.journal: Journal | None = None
+        self.summary = BulkSummary()
+        # Creates in flight, so a minor can wait for its custodian's code.
+        self._custodians: dict[str, asyncio.Future[str | None]] = {}
+        # Without a journal, finished creates' codes are kept here for minors.
+        self._created: dict[str, str | None] = {}
+
+    async def run(
+        self, operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]
+    ) -> AsyncIterator[OperationResult]:
+        """Run every operation; yield each result as it finishes."""
+        self.summary = BulkSummary()
+        transport = self.client._transport
+        saved = (transport.limiter, transport.quota, transport.on_retry)
+        transport.limiter = RateLimiter(self.rate, burst=max(1.0, self.rate / 10)) if self.rate else None
+        transport.quota = self.retry_quota
+        transport.on_retry = self._retry_hook(saved[2])
+        results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
+        try:
+            self.journal = await self._open_journal()
+            producer = asyncio.create_task(self._produce(operations, results))
+            try:
+                while (result := await results.get()) is not None:
+                    self.summary.add(result)
+                    yield result
+                await producer
+            finally:
+                if not producer.done():
+                    producer.cancel()
+                    await asyncio.gather(producer, return_exceptions=True)
+        finally:
+            self.summary.finished = time.monotonic()
+            transport.limiter, transport.quota, transport.on_retry = saved
+            if self.journal is not None and not isinstance(self._journal_spec, Journal):
+                await self.journal.close()
+
+    async def run_all(
+        self, operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]
+    ) -> BulkSummary:
+        """Run every operation, discarding per-operation results; return the summary."""
+        async for _ in self.run(operations):
+            pass
+        return self.summary
+
+    def _retry_hook(self, previous: Any) -> Any:
+        def hook(event: RetryEvent) -> None:
+            self.summary.retries_by_reason[event.reason] += 1
+            if previous is not None:
+                previous(event)
+
+        return hook
+
+    async def _open_journal(self) -> Journal | None:
+        spec = self._journal_spec
+        if spec is None:
+            return None
+        if isinstance(spec, Journal):
+            return spec
+        return await Journal(spec).open()
+
+    async def _produce(
+        self,
+        operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError],
+        results: asyncio.Queue[OperationResult | None],
+    ) -> None:
+        slots = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        deferred: list[Operation] = []
+
+        async def one(item: Operation | RowError | _Final) -> None:
+            try:
+                try:
+                    result = await self._process(item, deferred)
+                except Exception as error:  # a bug must not lose the row or stop the run
+                    op = item.operation if isinstance(item, _Final) else item
+                    result = await self._record_failure(
+                        op.key, getattr(op, "op", None), op.line, "internal", repr(error)
+                    )
+                if result is not None:
+                    await results.put(result)
+            finally:
+                slots.release()
+
+        async def start(item: Operation | RowError | _Final) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(one(item))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        try:
+            async for item in _aiter(operations):
+                await start(item)
+            await asyncio.gather(*list(tasks))
+            # Minors whose custodian came later in the input, now that all is read.
+            for item in deferred:
+                await start(_Final(item))
+            await asyncio.gather(*list(tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await results.put(None)
+
+    async def _process(
+        self, item: Operation | RowError | _Final, deferred: list[Operation]
+    ) -> OperationResult | None:
+        if isinstance(item, RowError):
+            return await self._record_failure(item.key, None, item.line, "bad_row", item.reason)
+        final = isinstance(item, _Final)
+        op = item.operation if isinstance(item, _Final) else item
+        is_custodian = op.op == "create"
+        if is_custodian:
+            self._custodians[op.key] = asyncio.get_running_loop().create_future()
+        code: str | None = None
+        try:
+            result = await self._apply(op, deferred, final)
+            code = result.participant_code if result is not None and result.outcome != "failed" else None
+            return result
+        finally:
+            if is_custodian:
+                self._custodians.pop(op.key).set_result(code)
+                if self.journal is None:
+                    self._created[op.key] = code
+
+    async def _apply(self, op: Operation, deferred: list[Operation], final: bool) -> OperationResult | None:
+        entry = await self.journal.get(op.key) if self.journal is not None else None
+        if entry is not None and entry.state == "succeeded":
+            return OperationResult(
+                key=op.key,
+                op=op.op,
+                outcome="skipped",
+                line=op.line,
+                participant_code=entry.participant_code,
+                request_id=entry.request_id,
+            )
+        if op.op not in OP_KINDS:
+            return await self._record_failure(op.key, op.op, op.line, "bad_row", f"unknown op {op.op!r}")
+        data = op.data
+        if op.op == "create_minor" and op.custodian_key:
+            custodian = await self._custodian_code(op.custodian_key, final)
+            if custodian is _LATER:
+                deferred.append(op)
+                return None
+            if custodian is None:
+                reason = f"custodian {op.custodian_key!r} was not created (see its own row)"
+                return await self._record_failure(op.key, op.op, op.line, "custodian", reason)
+            data = {**_as_mapping(data), "custodian_participant_code": custodian}
+        try:
+            prepared = self.client._prepare_write(op.op, data, participant_code=op.participant_code)
+            if entry is not None and entry.request_id and entry.payload_hash == prepared.payload_hash:
+                prepared = self.client._prepare_write(
+                    op.op, data, participant_code=op.participant_code, request_id=entry.request_id
+                )
+        except ValidationError as error:
+            problems = "; ".join(str(p) for p in error.problems)
+            return await self._record_failure(op.key, op.op, op.line, "validation", problems)
+        return await self._send(op, prepared, resent=entry is not None and entry.state == "sending")
+
+    async def _send(self, op: Operation, prepared: PreparedWrite, *, resent: bool) -> OperationResult:
+        if self.journal is not None:
+            await self.journal.sending(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
+        try:
+            record = await self.client._execute(prepared)
+        except (APIError, TransportError) as error:
+            reason = _failure_reason(error)
+            if self.journal is not None:
+                await self.journal.finished(
+                    op.key,
+                    op.op,
+                    op.line,
+                    succeeded=False,
+                    reason=reason,
+                    error=str(error),
+                    attempts=error.attempts,
+                )
+            return OperationResult(
+                key=op.key,
+                op=op.op,
+                outcome="failed",
+                line=op.line,
+                reason=reason,
+                error=str(error),
+                attempts=error.attempts,
+                request_id=prepared.request_id,
+                resent=resent,
+            )
+        code = record.participant_code or op.participant_code
+        if self.journal is not None:
+            await self.journal.finished(
+                op.key, op.op, op.line, succeeded=True, participant_code=code, attempts=record.attempts
+            )
+        return OperationResult(
+            key=op.key,
+            op=op.op,
+            outcome="succeeded",
+            line=op.line,
+            participant_code=code,
+            attempts=record.attempts,
+            request_id=prepared.request_id,
+            resent=resent,
+        )
+
+    async def _custodian_code(self, key: str, final: bool) -> str | object | None:
+        """The custodian's participant_code, ``None`` if it failed, or ``_LATER``."""
+        future = self._custodians.get(key)
+        if future is not None:
+            return await asyncio.shield(future)
+        if self.journal is not None:
+            entry: JournalEntry | None = await self.journal.get(key)
+            if entry is not None and entry.state == "succeeded":
+                return entry.participant_code
+        elif self._created.get(key):
+            return self._created[key]
+        return None if final else _LATER
+
+    async def _record_failure(
+        self, key: str | None, op: str | None, line: int | None, reason: str, error: str
+    ) -> OperationResult:
+        if self.journal is not None and key is not None:
+            await self.journal.finished(key, op or "?", line, succeeded=False, reason=reason, error=error)
+        return OperationResult(key=key, op=op, outcome="failed", line=line, reason=reason, error=error)
+
+
+@attrs.frozen
+class _Final:
+    """A deferred operation on its last chance (its custodian can no longer appear)."""
+
+    operation: Operation
+
+
+_LATER = object()
+
+
+def _failure_reason(error: Exception) -> str:
+    if isinstance(error, TransportError):
+        return "transport"
+    assert isinstance(error, APIError)
+    if error.status_code in (400, 409) and type(error).__name__ in (
+        "IdempotencyConflictError",
+        "DuplicatePayloadError",
+        "ParticipantExistsError",
+    ):
+        return "conflict"
+    if error.status_code >= 500 or error.status_code == 429:
+        return "server"
+    return "rejected"
+
+
+def _as_mapping(data: Any) -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        return {k: v for k, v in data.items() if k != "custodian_key"}
+    return attrs.asdict(data, recurse=False)
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
