@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._clock import Clock, SystemClock
 from ._idempotency import RequestIdMode, key_to_request_id
+from ._limits import RateLimiter, RetryQuota
 from ._retry import RetryEvent, RetryPolicy
 from ._version import __version__
 from .client import PRODUCTION_URL, AsyncClient, ParticipantPage
@@ -80,10 +81,12 @@ __all__ = [
     "PermissionDeniedError",
     "Problem",
     "RateLimitError",
+    "RateLimiter",
     "RequestIdMode",
     "RequestTimeout",
     "RetryEvent",
     "RetryPolicy",
+    "RetryQuota",
     "ServerError",
     "SystemClock",
     "TransportError",

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
-import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-from ._retry import RetryEvent, RetryPolicy
-from .models import Address, CustomerUpdate, Name, NewCustomer, NewMinor
+from ._backfill import _Progress
+from ._retry import RetryPolicy
+from .bulk import Bulk, BulkSummary, Operation
 from .testing import Faults, Sandbox
 
 __all__ = ["run_demo"]
 
-T = TypeVar("T")
 _FIRST = ["Aarav", "Diya", "Kabir", "Ananya", "John", "Maria", "Wei", "Fatima", "Ishaan", "Sofia"]
 _LAST = ["Mehta", "Sharma", "Iyer", "Smith", "Garcia", "Chen", "Khan", "Patel", "Brown", "Singh"]
 _US = [("Chicago", "IL", "60601"), ("Austin", "TX", "73301"), ("New York", "NY", "10001")]
@@ -45,112 +42,114 @@ def _person(rng: random.Random, n: int) -> dict[str, Any]:
     }
 
 
-async def _onboard(
-    sandbox: Sandbox, customers: int, concurrency: int, progress: Callable[[str], None]
-) -> Counter[str]:
+async def _onboard(sandbox: Sandbox, customers: int, concurrency: int, rate: float) -> BulkSummary:
     rng = random.Random(2026)  # noqa: S311 - demo data
-    retries: Counter[str] = Counter()
-    gate = asyncio.Semaphore(concurrency)
-    done = Counter[str]()
-
-    def on_retry(event: RetryEvent) -> None:
-        retries[event.reason] += 1
-
-    async def bounded(kind: str, call: Awaitable[T]) -> T:
-        async with gate:
-            result = await call
-        done[kind] += 1
-        progress(
-            f"\r  customers {done['customer']:>4}  minors {done['minor']:>4}  updates {done['update']:>4}"
-        )
-        return result
-
     policy = RetryPolicy(backoff_initial=0.01, backoff_max=0.2, rate_limit_pause=0.05)
-    async with sandbox.client(retry_policy=policy, max_retries=10, timeout=0.25, on_retry=on_retry) as client:
-        people = [_person(rng, n) for n in range(customers)]
-        created = await asyncio.gather(
-            *(
-                bounded(
-                    "customer",
-                    client.customers.create(
-                        NewCustomer(**p, date_of_birth="1985-09-02", signed_timestamp=1_700_000_000_000)
-                    ),
-                )
-                for p in people
+    people = [_person(rng, n) for n in range(customers)]
+    async with sandbox.client(retry_policy=policy, max_retries=10, timeout=0.25) as client:
+        # Phase 1: customers, and minors naming their custodian by the custodian's key.
+        onboarding: list[Operation] = []
+        for n, person in enumerate(people):
+            customer = {**person, "date_of_birth": "1985-09-02", "signed_timestamp": 1_700_000_000_000}
+            onboarding.append(
+                Operation(key=f"customer-{n}", op="create", data=customer, line=len(onboarding) + 1)
             )
-        )
-        work: list[Awaitable[Any]] = []
-        for n, (person, customer) in enumerate(zip(people, created, strict=True)):
-            code = str(customer.participant_code)
             if n % 4 == 0:
-                child = {**person, "email": f"minor{n}@example.com", "id_number": f"M{person['id_number']}"}
-                minor = NewMinor(
-                    **child,
-                    date_of_birth="2014-03-01",
-                    utma_signed_timestamp=1_700_000_000_000,
-                    custodian_participant_code=code,
-                    custodian_relationship="parent",
+                minor = {
+                    **person,
+                    "email": f"minor{n}@example.com",
+                    "id_number": f"M{person['id_number']}",
+                    "date_of_birth": "2014-03-01",
+                    "utma_signed_timestamp": 1_700_000_000_000,
+                    "custodian_relationship": "parent",
+                }
+                onboarding.append(
+                    Operation(
+                        key=f"minor-{n}",
+                        op="create_minor",
+                        data=minor,
+                        custodian_key=f"customer-{n}",
+                        line=len(onboarding) + 1,
+                    )
                 )
-                work.append(bounded("minor", client.customers.create_minor(minor)))
+        progress = _Progress(len(onboarding))
+        engine = Bulk(client, concurrency=concurrency, rate=rate)
+        codes: dict[str, str | None] = {}
+        async for result in engine.run(onboarding):
+            codes[str(result.key)] = result.participant_code
+            progress.update(engine.summary)
+        progress.update(engine.summary, final=True)
+        first = engine.summary
+        # Phase 2: verified address and name changes for some of those customers.
+        changes: list[Operation] = []
+        for n, person in enumerate(people):
+            code = codes.get(f"customer-{n}")
+            if code is None or n % 3 not in (0, 1):
+                continue
+            data: dict[str, Any] = {"platform_updated_at": 1_710_000_000_000 + n}
             if n % 3 == 0:
                 city, state, zip_code = rng.choice(_IN if person["country"] == "India" else _US)
-                address = Address(
+                data.update(
                     address_one="42 New Street",
                     city=city,
                     state=state,
                     zip=zip_code,
                     country=person["country"],
                 )
-                update = CustomerUpdate(platform_updated_at=1_710_000_000_000 + n, address=address)
-                work.append(bounded("update", client.customers.update(code, update)))
-            elif n % 5 == 1:
-                update = CustomerUpdate(
-                    platform_updated_at=1_710_000_000_000 + n,
-                    name=Name(first_name=person["first_name"], last_name="Kapoor"),
-                )
-                work.append(bounded("update", client.customers.update(code, update)))
-        await asyncio.gather(*work)
-    progress("\n")
-    return retries
+            else:
+                data.update(first_name=person["first_name"], last_name="Kapoor")
+            changes.append(Operation(key=f"update-{n}", op="update", participant_code=code, data=data))
+        progress = _Progress(len(changes))
+        engine = Bulk(client, concurrency=concurrency, rate=rate)
+        async for _ in engine.run(changes):
+            progress.update(engine.summary)
+        progress.update(engine.summary, final=True)
+    return _merge(first, engine.summary)
 
 
-def _progress(text: str) -> None:
-    if sys.stdout.isatty():
-        sys.stdout.write(text)
-        sys.stdout.flush()
+def _merge(first: BulkSummary, second: BulkSummary) -> BulkSummary:
+    merged = BulkSummary(started=first.started, finished=second.finished)
+    for summary in (first, second):
+        merged.succeeded += summary.succeeded
+        merged.skipped += summary.skipped
+        merged.failed += summary.failed
+        merged.failed_by_reason.update(summary.failed_by_reason)
+        merged.retries_by_reason.update(summary.retries_by_reason)
+    return merged
 
 
-def run_demo(customers: int = 400, concurrency: int = 32, print_: Callable[[str], None] = print) -> int:
+def run_demo(
+    customers: int = 400, concurrency: int = 32, rate: float = 400.0, print_: Callable[[str], None] = print
+) -> int:
     """Run the demo; returns 0 when every operation applied exactly once."""
     faults = Faults(
         drop_before=0.05, drop_after=0.08, err503=0.05, err429=0.03, slow_after=0.02, slow_seconds=1.0, seed=7
     )
     sandbox = Sandbox(faults=faults)
-    print_(f"ndax-async demo: onboarding {customers} customers against the embedded sandbox")
+    print_(f"ndax-async demo: onboarding {customers} customers through the bulk engine, embedded sandbox")
     print_("faults on: 5% dropped before, 8% dropped after commit, 5% 503, 3% 429, 2% too slow after commit")
-    started = time.perf_counter()
-    retries = asyncio.run(_onboard(sandbox, customers, concurrency, _progress))
-    elapsed = time.perf_counter() - started
+    summary = asyncio.run(_onboard(sandbox, customers, concurrency, rate))
     stats = sandbox.stats
-    operations = stats["creations"] + stats["updates"]
     print_(
         f"created {stats['customers']} customers and {stats['minors']} minors, "
         f"applied {stats['updates']} updates"
     )
+    faults_seen = ", ".join(f"{k} {v}" for k, v in sorted(stats["faults"].items()))
     print_(
-        f"requests {sum(stats['requests'].values())}, faults {sum(stats['faults'].values())}: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(stats["faults"].items()))
+        f"requests {sum(stats['requests'].values())}, faults {sum(stats['faults'].values())}: {faults_seen}"
     )
-    print_(
-        f"retries {sum(retries.values())} by reason: "
-        + ", ".join(f"{k} {v}" for k, v in retries.most_common())
-    )
+    retries = ", ".join(f"{k} {v}" for k, v in summary.retries_by_reason.most_common())
+    print_(f"retries {summary.retries} by reason: {retries}")
     print_(f"replays {stats['replays']} (lost responses recovered with the same request_id)")
     print_(
         f"duplicates {stats['duplicates']}, conflicts {stats['conflicts']}, "
-        f"duplicate payloads {stats['duplicate_payloads']}"
+        f"duplicate payloads {stats['duplicate_payloads']}, failed operations {summary.failed}"
     )
-    print_(f"{operations} operations in {elapsed:.1f}s ({operations / elapsed:.0f}/s)")
-    exactly_once = stats["duplicates"] == stats["conflicts"] == stats["duplicate_payloads"] == 0
+    timing = f"{summary.elapsed:.1f}s ({summary.rate:.0f}/s, rate limit {rate:.0f}/s)"
+    print_(f"{summary.total} operations in {timing}")
+    exactly_once = (
+        stats["duplicates"] == stats["conflicts"] == stats["duplicate_payloads"] == summary.failed == 0
+        and stats["creations"] + stats["updates"] == summary.succeeded
+    )
     print_("every operation applied exactly once" if exactly_once else "EXACTLY-ONCE VIOLATED")
     return 0 if exactly_once else 1

@@ -157,6 +157,6 @@ def test_demo_applies_everything_exactly_once(capsys: pytest.CaptureFixture[str]
 
     assert main(["demo", "--customers", "120"]) == 0
     out = capsys.readouterr().out
-    assert "created 120 customers and 30 minors" in out
-    assert "duplicates 0, conflicts 0, duplicate payloads 0" in out
+    assert "created 120 customers and 30 minors, applied 80 updates" in out
+    assert "duplicates 0, conflicts 0, duplicate payloads 0, failed operations 0" in out
     assert "every operation applied exactly once" in out

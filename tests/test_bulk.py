@@ -1,0 +1,304 @@
+"""The bulk engine: streamed, bounded, rate-limited, resumable, exactly once, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ndax_async import AsyncClient, RetryPolicy, RetryQuota
+from ndax_async._limits import RateLimiter
+from ndax_async._rows import read_operations
+from ndax_async.bulk import Bulk, Operation, RowError
+from ndax_async.testing import FakeClock, Faults, Sandbox, SandboxServer
+
+from .helpers import customer_wire, minor_wire
+
+FAST = RetryPolicy(backoff_initial=0.001, backoff_max=0.01, rate_limit_pause=0.01)
+
+
+def creates(customers: int) -> list[dict[str, Any]]:
+    return [row for row in batch(customers) if row["op"] == "create"]
+
+
+def batch(customers: int, minors_every: int = 3) -> list[dict[str, Any]]:
+    """JSON-Lines-shaped rows: creates, minors naming custodians by key, updates."""
+    rows: list[dict[str, Any]] = []
+    for n in range(customers):
+        rows.append(
+            {"op": "create", "key": f"c{n}", "data": customer_wire(email=f"c{n}@mail.com", id_number=f"I{n}")}
+        )
+        if n % minors_every == 0:
+            minor = minor_wire(email=f"m{n}@mail.com", id_number=f"M{n}", custodian_participant_code=None)
+            rows.append({"op": "create_minor", "key": f"m{n}", "data": {**minor, "custodian_key": f"c{n}"}})
+    return rows
+
+
+def operations(rows: list[dict[str, Any]]) -> Iterator[Operation]:
+    for line, row in enumerate(rows, 1):
+        data = dict(row["data"])
+        yield Operation(
+            key=row["key"],
+            op=row["op"],
+            data=data,
+            custodian_key=data.pop("custodian_key", None),
+            participant_code=row.get("participant_code"),
+            line=line,
+        )
+
+
+async def test_mixed_run_resolves_custodians_and_reports_every_failure(tmp_path: Path) -> None:
+    sandbox = Sandbox(faults=Faults(drop_after=0.1, err503=0.1, seed=1))
+    rows = batch(30)
+    late = minor_wire(email="late@mail.com", id_number="L", custodian_participant_code=None)
+    rows.insert(
+        0, {"op": "create_minor", "key": "early-minor", "data": {**late, "custodian_key": "late-custodian"}}
+    )
+    rows.append(
+        {"op": "create", "key": "late-custodian", "data": customer_wire(email="lc@mail.com", id_number="LC")}
+    )
+    rows.append({"op": "create", "key": "invalid", "data": customer_wire(email="nope", zip="1")})
+    orphan = minor_wire(email="o@mail.com", id_number="O", custodian_participant_code=None)
+    rows.append({"op": "create_minor", "key": "orphan", "data": {**orphan, "custodian_key": "no-such-row"}})
+    items: list[Operation | RowError] = list(operations(rows))
+    items.append(RowError(line=999, reason="malformed JSON"))
+    async with sandbox.client(retry_policy=FAST, max_retries=8) as client:
+        engine = Bulk(client, concurrency=8, rate=None, journal=tmp_path / "j.sqlite")
+        results = [r async for r in engine.run(items)]
+    by_key = {r.key: r for r in results}
+    assert len(results) == len(items)  # nothing dropped
+    assert by_key["early-minor"].outcome == "succeeded"
+    assert by_key["invalid"].reason == "validation"
+    assert "email" in str(by_key["invalid"].error)
+    assert "zip" in str(by_key["invalid"].error)
+    assert by_key["orphan"].reason == "custodian"
+    assert by_key[None].reason == "bad_row"
+    assert by_key[None].line == 999
+    summary = engine.summary
+    assert (summary.succeeded, summary.failed) == (len(items) - 3, 3)
+    assert summary.retries > 0
+    stats = sandbox.stats
+    assert stats["creations"] == summary.succeeded
+    assert stats["duplicates"] == stats["conflicts"] == stats["duplicate_payloads"] == 0
+    minors = [p for p in sandbox.participants.values() if p["_kind"] == "minor"]
+    custodians = {p["custodian_participant_code"] for p in minors}
+    assert custodians <= set(sandbox.participants)
+
+
+async def test_an_interrupted_run_resumes_exactly_once(tmp_path: Path) -> None:
+    sandbox = Sandbox(faults=Faults(drop_after=0.15, seed=2))
+    journal = tmp_path / "j.sqlite"
+    rows = batch(60)
+    async with sandbox.client(retry_policy=FAST, max_retries=8) as client:
+        engine = Bulk(client, concurrency=8, rate=None, journal=journal)
+        seen = 0
+        async for _ in engine.run(operations(rows)):
+            seen += 1
+            if seen == 25:
+                break  # the worker stops mid-run with operations in flight
+        engine = Bulk(client, concurrency=8, rate=None, journal=journal)
+        summary = await engine.run_all(operations(rows))
+    assert summary.failed == 0
+    assert summary.skipped >= 25
+    assert summary.skipped + summary.succeeded == len(rows)
+    stats = sandbox.stats
+    assert stats["creations"] == len(rows)
+    assert stats["duplicates"] == stats["conflicts"] == stats["duplicate_payloads"] == 0
+
+
+async def test_retry_budget_fails_fast_and_records(tmp_path: Path) -> None:
+    sandbox = Sandbox(faults=Faults(err503=1.0))
+    async with sandbox.client(retry_policy=FAST, max_retries=50) as client:
+        engine = Bulk(client, concurrency=4, rate=None, retry_quota=RetryQuota(capacity=20, retry_cost=5))
+        results = [r async for r in engine.run(operations(creates(10)))]
+    assert len(results) == 10
+    assert all(r.outcome == "failed" and r.reason == "server" for r in results)
+    assert engine.summary.retries == 4  # 20 tokens / 5 per retry, then every operation fails fast
+    assert engine.retry_quota.exhausted >= 10
+
+
+async def test_rate_limiter_spaces_requests_without_blocking() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=10, burst=2, clock=clock)
+    starts = []
+    for _ in range(6):
+        await limiter.acquire()
+        starts.append(round(clock.monotonic(), 6))
+    assert starts == [0.0, 0.0, 0.1, 0.2, 0.3, 0.4]
+
+
+async def test_engine_limits_rate_and_concurrency() -> None:
+    sandbox = Sandbox()
+    in_flight = peak = 0
+    transport = sandbox.transport()
+
+    class Counting(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.001)
+            try:
+                return await transport.handle_async_request(request)
+            finally:
+                in_flight -= 1
+
+    async with AsyncClient(**sandbox.credentials, transport=Counting()) as client:
+        engine = Bulk(client, concurrency=5, rate=2000)
+        summary = await engine.run_all(operations(creates(40)))
+    assert summary.succeeded == 40
+    assert peak <= 5
+    assert summary.elapsed >= 39 / 2000 * 0.9  # never faster than the rate allows
+
+
+async def test_files_stream_jsonl_and_csv_with_line_numbers(tmp_path: Path) -> None:
+    jsonl = tmp_path / "ops.jsonl"
+    good = {"op": "create", "key": "a", "data": customer_wire()}
+    lines = [
+        json.dumps(good),
+        "",
+        "{oops",
+        json.dumps({"op": "fly", "key": "b", "data": {}}),
+        json.dumps({"op": "create", "data": {}}),
+        json.dumps({"op": "update", "key": "c", "data": {}}),
+        json.dumps({"op": "create", "key": "d", "data": "x"}),
+    ]
+    jsonl.write_text("\n".join(lines) + "\n")
+    items = [item async for item in read_operations(jsonl)]
+    assert isinstance(items[0], Operation)
+    assert [(i.line, type(i).__name__) for i in items] == [
+        (1, "Operation"),
+        (3, "RowError"),
+        (4, "RowError"),
+        (5, "RowError"),
+        (6, "RowError"),
+        (7, "RowError"),
+    ]
+    csv_file = tmp_path / "ops.csv"
+    header = (
+        "op,key,participant_code,custodian_key,first_name,last_name,platform_updated_at,prefunded,metadata"
+    )
+    csv_file.write_text(
+        header + '\nupdate,u1,XYZ456,,Jo,Smyth,1700000000000,,\ncreate,c1,,,,,,true,"{""a"": 1}"\nbad,row\n'
+    )
+    items = [item async for item in read_operations(csv_file)]
+    assert isinstance(items[0], Operation)
+    assert items[0].data == {"first_name": "Jo", "last_name": "Smyth", "platform_updated_at": "1700000000000"}
+    assert items[0].participant_code == "XYZ456"
+    assert isinstance(items[1], Operation)
+    assert items[1].data == {"prefunded": True, "metadata": {"a": 1}}
+    assert isinstance(items[2], RowError)
+    assert items[2].line == 4
+
+
+MEMORY_PROBE = """
+import asyncio, resource, sys, httpx
+from ndax_async import AsyncClient
+from ndax_async.bulk import Bulk, Operation
+
+class Instant(httpx.AsyncBaseTransport):
+    async def handle_async_request(self, request):
+        return httpx.Response(200, content=b'{"message":{"participant_code":"P1"}}')
+
+def updates(count):
+    for n in range(count):
+        yield Operation(key=f"u{n}", op="update", participant_code=f"P{n}", line=n + 1,
+                        data={"platform_updated_at": 1700000000000 + n, "email": f"u{n}@mail.com"})
+
+async def main(count, journal):
+    async with AsyncClient(api_key="k", api_secret="c2VjcmV0", passphrase="p", transport=Instant()) as client:
+        summary = await Bulk(client, concurrency=32, rate=None, journal=journal).run_all(updates(count))
+    assert summary.succeeded == count, summary
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_memory_stays_bounded_for_a_streamed_run(tmp_path: Path) -> None:
+    """Peak RSS of a streamed 12,000-operation run (journal on) is that of a 2,000-operation run."""
+
+    def peak_kib(count: int) -> int:
+        journal = str(tmp_path / f"{count}.sqlite")
+        done = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(count), journal],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(done.stdout.split()[-1])
+
+    small, large = peak_kib(2_000), peak_kib(12_000)
+    assert large - small < 3 * 1024, f"peak RSS grew {large - small} KiB for 10,000 more operations"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_killed_backfill_resumes_exactly_once(tmp_path: Path) -> None:
+    """A backfill process killed with SIGKILL at random points, several times, then finished."""
+    rows = batch(150, minors_every=3)
+    rows += [
+        {
+            "op": "update",
+            "key": f"u{n}",
+            "participant_code": f"P{n + 1:07d}",  # the sandbox's codes for the first creates
+            "data": {"platform_updated_at": 1700000000000 + n, "first_name": "New", "last_name": f"Name{n}"},
+        }
+        for n in range(0, 40)
+    ]
+    source = tmp_path / "ops.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sandbox = Sandbox(faults=Faults(drop_after=0.05, drop_before=0.05, err503=0.05, seed=9))
+    # The update rows name participant codes, so their customers must exist first.
+    for n in range(40):
+        sandbox.add_participant(
+            {**customer_wire(email=f"pre{n}@mail.com"), "participant_code": f"P{n + 1:07d}"}
+        )
+    sandbox._codes = (f"N{n:07d}" for n in range(1, 10**7))  # new customers get other codes
+    rng = random.Random(4)
+    with SandboxServer(sandbox) as server:
+        env = {
+            **os.environ,
+            **{f"NDAX_{k.upper()}": v for k, v in sandbox.credentials.items()},
+            "NDAX_BASE_URL": server.base_url,
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "ndax_async.cli",
+            "backfill",
+            str(source),
+            "--concurrency",
+            "8",
+            "--rate",
+            "400",
+        ]
+        kills = 0
+        for _ in range(4):
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                process.wait(timeout=rng.uniform(0.6, 1.6))
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                kills += 1
+        final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert kills >= 2, "the runs finished before they could be killed; the test proved nothing"
+    assert final.returncode == 0, final.stdout + final.stderr
+    stats = sandbox.stats
+    creates = sum(1 for row in rows if row["op"] != "update")
+    assert stats["creations"] == creates
+    assert stats["updates"] == 40
+    assert stats["duplicates"] == stats["conflicts"] == stats["duplicate_payloads"] == 0
+    results = [json.loads(line) for line in (tmp_path / "ops.jsonl.results.jsonl").read_text().splitlines()]
+    assert len(results) == len(rows)
+    assert all(r["outcome"] in ("succeeded", "skipped") for r in results)
