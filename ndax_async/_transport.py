@@ -198,6 +198,8 @@ class _Call:
         outcome = _outcome_of(state)
         if outcome is None or retry_reason(outcome, self.policy) is None:
             return False
+        if self.attempts > self.policy.max_retries:
+            return False  # out of attempts anyway: spend nothing from the shared budget
         quota = self.transport.quota
         if quota is not None and not quota.spend(timeout=isinstance(outcome.error, httpx.TimeoutException)):
             logger.warning(

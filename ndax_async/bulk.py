@@ -184,7 +184,12 @@ class Bulk:
     async def run(
         self, operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]
     ) -> AsyncIterator[OperationResult]:
-        """Run every operation; yield each result as it finishes."""
+        """Run every operation; yield each result as it finishes.
+
+        To stop early, close the iterator (``async with
+        contextlib.aclosing(engine.run(ops)) as results``): in-flight operations
+        are cancelled and the next run with the same journal resends them.
+        """
         self.summary = BulkSummary()
         transport = self.client._transport
         saved = (transport.limiter, transport.quota, transport.on_retry)
@@ -271,10 +276,14 @@ class Bulk:
             for item in deferred:
                 await start(_Final(item))
             await asyncio.gather(*list(tasks))
-        finally:
-            for task in tasks:
+        except BaseException:
+            # Stopped early (the caller closed the results): in-flight operations
+            # stay "sending" in the journal and are resent by the next run.
+            for task in list(tasks):
                 task.cancel()
-            await results.put(None)
+            await asyncio.gather(*list(tasks), return_exceptions=True)
+            raise
+        await results.put(None)
 
     async def _process(
         self, item: Operation | RowError | _Final, deferred: list[Operation]

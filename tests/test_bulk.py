@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -102,10 +103,12 @@ async def test_an_interrupted_run_resumes_exactly_once(tmp_path: Path) -> None:
     async with sandbox.client(retry_policy=FAST, max_retries=8) as client:
         engine = Bulk(client, concurrency=8, rate=None, journal=journal)
         seen = 0
-        async for _ in engine.run(operations(rows)):
-            seen += 1
-            if seen == 25:
-                break  # the worker stops mid-run with operations in flight
+        async with contextlib.aclosing(engine.run(operations(rows))) as results:
+            async for _ in results:
+                seen += 1
+                if seen == 25:
+                    break  # the worker stops mid-run with operations in flight
+        assert sandbox.stats["creations"] < len(rows)
         engine = Bulk(client, concurrency=8, rate=None, journal=journal)
         summary = await engine.run_all(operations(rows))
     assert summary.failed == 0
