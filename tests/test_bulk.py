@@ -305,3 +305,33 @@ def test_killed_backfill_resumes_exactly_once(tmp_path: Path) -> None:
     results = [json.loads(line) for line in (tmp_path / "ops.jsonl.results.jsonl").read_text().splitlines()]
     assert len(results) == len(rows)
     assert all(r["outcome"] in ("succeeded", "skipped") for r in results)
+
+
+def test_backfill_cli_dry_run_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ndax_async.cli import main
+
+    source = tmp_path / "ops.jsonl"
+    rows = creates(3)
+    rows[1]["data"]["email"] = "broken"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows) + "{oops\n")
+    assert main(["backfill", str(source), "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert "line 2 key c1: email: not a well-formed email address" in out
+    assert "line 4 key None: malformed JSON" in out
+    assert "dry run: 4 rows checked, 2 valid, 2 invalid; nothing sent" in out
+
+    sandbox = Sandbox()
+    with SandboxServer(sandbox) as server:
+        env = {f"NDAX_{k.upper()}": v for k, v in sandbox.credentials.items()}
+        env["NDAX_BASE_URL"] = server.base_url
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            assert main(["backfill", str(source), "--rate", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "succeeded 2, skipped (already done) 0, failed 2 (bad_row 1, validation 1)" in out
+    assert main(["backfill", str(source), "--report"]) == 1
+    out = capsys.readouterr().out
+    assert "failed 1, succeeded 2" in out  # the malformed row has no key to journal under
+    assert "line 2 key c1: failed validation" in out
+    assert sandbox.stats["creations"] == 2

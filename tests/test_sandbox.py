@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -413,3 +414,13 @@ async def test_rate_limit_through_the_sdk_pauses_then_succeeds() -> None:
 
 def test_sandbox_transport_is_an_httpx_transport() -> None:
     assert isinstance(Sandbox().transport(), httpx.AsyncBaseTransport)
+
+
+async def test_latency_fault_delays_every_answer() -> None:
+    sandbox = Sandbox(faults={"latency": 0.05})
+    async with sandbox.client() as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client.participants.get_by_email("a@b.co")
+        assert loop.time() - started >= 0.05
+    assert sandbox.stats["faults"] == {}  # latency is not a failure
