@@ -55,10 +55,10 @@ class _ResultsFile:
 class _Progress:
     """A one-line progress bar on stderr: done/total, rate, ETA, failures."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total = max(total, 1)
-        self.stream = stream
-        self.enabled = stream.isatty()
+        self.stream = stream or sys.stderr  # looked up now: sys.stderr may be replaced
+        self.enabled = self.stream is not None and self.stream.isatty()
         self._last = 0.0
 
     def update(self, summary: BulkSummary, final: bool = False) -> None:
@@ -88,7 +88,7 @@ async def backfill(
     rate: float | None,
     journal: Path,
     results: Path,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     """Run the file; exit status 0 only when every row succeeded (or was already done)."""
     total = await asyncio.to_thread(count_rows, path)
@@ -132,7 +132,7 @@ async def _failed_results(results: Path, limit: int = 20) -> Any:
         yield row
 
 
-async def dry_run(path: Path, out: TextIO = sys.stdout) -> int:
+async def dry_run(path: Path, out: TextIO | None = None) -> int:
     """Validate every row, send nothing; exit status 0 when all are valid."""
     from ._convert import structure_payload
     from .client import _WRITES
@@ -162,7 +162,7 @@ def _validate(item: Operation, structure: Any, writes: Any) -> str | None:
     return None
 
 
-async def report(journal: Path, out: TextIO = sys.stdout) -> int:
+async def report(journal: Path, out: TextIO | None = None) -> int:
     """Print the state of a run from its journal alone."""
     from ._journal import Journal
 

@@ -283,7 +283,7 @@ def test_killed_backfill_resumes_exactly_once(tmp_path: Path) -> None:
             "--concurrency",
             "8",
             "--rate",
-            "400",
+            "100",
         ]
         kills = 0
         for _ in range(4):
