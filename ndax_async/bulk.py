@@ -331,58 +331,38 @@ class Bulk:
             data = {**_as_mapping(data), "custodian_participant_code": custodian}
         try:
             prepared = self.client._prepare_write(op.op, data, participant_code=op.participant_code)
-            if entry is not None and entry.request_id and entry.payload_hash == prepared.payload_hash:
-                prepared = self.client._prepare_write(
-                    op.op, data, participant_code=op.participant_code, request_id=entry.request_id
-                )
         except ValidationError as error:
             problems = "; ".join(str(p) for p in error.problems)
             return await self._record_failure(op.key, op.op, op.line, "validation", problems)
+        if entry is not None and entry.request_id and entry.payload_hash == prepared.payload_hash:
+            prepared = prepared.with_request_id(entry.request_id)  # the id an earlier run sent it with
         return await self._send(op, prepared, resent=entry is not None and entry.state == "sending")
 
     async def _send(self, op: Operation, prepared: PreparedWrite, *, resent: bool) -> OperationResult:
         if self.journal is not None:
             await self.journal.sending(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
-        try:
-            record = await self.client._execute(prepared)
-        except (APIError, TransportError) as error:
-            reason = _failure_reason(error)
-            if self.journal is not None:
-                await self.journal.finished(
-                    op.key,
-                    op.op,
-                    op.line,
-                    succeeded=False,
-                    reason=reason,
-                    error=str(error),
-                    attempts=error.attempts,
-                )
-            return OperationResult(
-                key=op.key,
-                op=op.op,
-                outcome="failed",
-                line=op.line,
-                reason=reason,
-                error=str(error),
-                attempts=error.attempts,
-                request_id=prepared.request_id,
-                resent=resent,
-            )
-        code = record.participant_code or op.participant_code
-        if self.journal is not None:
-            await self.journal.finished(
-                op.key, op.op, op.line, succeeded=True, participant_code=code, attempts=record.attempts
-            )
-        return OperationResult(
+        sent = OperationResult(
             key=op.key,
             op=op.op,
-            outcome="succeeded",
+            outcome="failed",
             line=op.line,
-            participant_code=code,
-            attempts=record.attempts,
             request_id=prepared.request_id,
             resent=resent,
         )
+        try:
+            record = await self.client._execute(prepared)
+        except (APIError, TransportError) as error:
+            result = attrs.evolve(
+                sent, reason=_failure_reason(error), error=str(error), attempts=error.attempts
+            )
+        else:
+            result = attrs.evolve(
+                sent,
+                outcome="succeeded",
+                participant_code=record.participant_code or op.participant_code,
+                attempts=record.attempts,
+            )
+        return await self._journal_result(result)
 
     async def _custodian_code(self, key: str, final: bool) -> str | object | None:
         """The custodian's participant_code, ``None`` if it failed, or ``_LATER``."""
@@ -400,9 +380,23 @@ class Bulk:
     async def _record_failure(
         self, key: str | None, op: str | None, line: int | None, reason: str, error: str
     ) -> OperationResult:
-        if self.journal is not None and key is not None:
-            await self.journal.finished(key, op or "?", line, succeeded=False, reason=reason, error=error)
-        return OperationResult(key=key, op=op, outcome="failed", line=line, reason=reason, error=error)
+        result = OperationResult(key=key, op=op, outcome="failed", line=line, reason=reason, error=error)
+        return await self._journal_result(result)
+
+    async def _journal_result(self, result: OperationResult) -> OperationResult:
+        """Record a finished operation's outcome (rows without a key cannot be journaled)."""
+        if self.journal is not None and result.key is not None:
+            await self.journal.finished(
+                result.key,
+                result.op or "?",
+                result.line,
+                succeeded=result.outcome == "succeeded",
+                participant_code=result.participant_code,
+                reason=result.reason,
+                error=result.error,
+                attempts=result.attempts,
+            )
+        return result
 
 
 @attrs.frozen

@@ -209,16 +209,15 @@ class AsyncClient:
         route = spec.route.format(code=participant_code)
         payload_bytes = _json.dumps(to_wire(model))
         rid = self._resolve_request_id(spec.method, route, payload_bytes, pinned)
-        sends_id = self._send_request_id[endpoint]
-        return PreparedWrite(
-            endpoint=endpoint,
+        prepared = PreparedWrite(
             method=spec.method,
             route=route,
-            body=_with_request_id(payload_bytes, rid) if sends_id else payload_bytes,
-            request_id=rid if sends_id else None,
+            payload=payload_bytes,
+            body=payload_bytes,
+            request_id=None,
             record_type=spec.record,
-            payload_hash=hashlib.sha256(payload_bytes).hexdigest(),
         )
+        return prepared.with_request_id(rid) if self._send_request_id[endpoint] else prepared
 
     async def _execute(
         self,
@@ -387,14 +386,23 @@ _WRITES = {
 class PreparedWrite:
     """A write ready to send: its route, exact body bytes and request_id, fixed."""
 
-    endpoint: str
     method: str
     route: str
+    payload: bytes
+    """The canonical payload without request_id."""
     body: bytes
+    """The bytes sent and signed: the payload with request_id first, if one is sent."""
     request_id: str | None
     record_type: type[Customer] | type[Minor]
-    payload_hash: str
-    """sha256 of the payload without request_id: what "the same operation" means."""
+
+    @property
+    def payload_hash(self) -> str:
+        """sha256 of the payload without request_id: what "the same operation" means."""
+        return hashlib.sha256(self.payload).hexdigest()
+
+    def with_request_id(self, request_id: str) -> PreparedWrite:
+        """The same write carrying ``request_id`` (no re-validation, no re-encoding)."""
+        return attrs.evolve(self, body=_with_request_id(self.payload, request_id), request_id=request_id)
 
 
 @attrs.frozen

@@ -334,3 +334,23 @@ def test_backfill_cli_dry_run_and_report(tmp_path: Path, capsys: pytest.CaptureF
     assert "failed 1, succeeded 2" in out  # the malformed row has no key to journal under
     assert "line 2 key c1: failed validation" in out
     assert sandbox.stats["creations"] == 2
+
+
+async def test_resent_operation_reuses_the_journaled_request_id(tmp_path: Path) -> None:
+    """Even in random-id mode, an operation in flight when a run died is resent with its recorded id."""
+    from ndax_async._journal import Journal
+
+    sandbox = Sandbox()
+    row = creates(1)[0]
+    recorded = "0f3c2a1e-0000-4000-8000-00000000abcd"
+    async with sandbox.client(request_ids="random") as client:
+        prepared = client._prepare_write("create", row["data"])
+        journal = await Journal(tmp_path / "j.sqlite").open()
+        await journal.sending(row["key"], "create", 1, recorded, prepared.payload_hash)
+        await journal.close()
+        engine = Bulk(client, rate=None, journal=tmp_path / "j.sqlite")
+        (result,) = [r async for r in engine.run(operations([row]))]
+    assert result.outcome == "succeeded"
+    assert result.resent
+    assert result.request_id == recorded
+    assert sandbox.stats["creations"] == 1

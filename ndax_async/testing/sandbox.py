@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .. import _json, _rules
+from .._idempotency import normalize_request_id
 from ..errors import DUPLICATE_PAYLOAD_TEXT, IDEMPOTENCY_CONFLICT_TEXT, PARTICIPANT_EXISTS_TEXT, Problem
 from ._faults import Faults
 
@@ -161,7 +162,6 @@ class Reply:
     headers: dict[str, str] = attrs.field(factory=dict)
     drop: bool = False
     delay: float = 0.0
-    slow: bool = False
 
 
 def _json_reply(status: int, value: Any, headers: dict[str, str] | None = None) -> Reply:
@@ -377,7 +377,7 @@ class Sandbox:
         if fault == "err500_after":
             return attrs.evolve(_json_reply(500, {"error": "Internal Server Error"}), delay=latency)
         if fault == "slow_after":
-            return attrs.evolve(reply, delay=latency + self._faults.slow_seconds, slow=True)
+            return attrs.evolve(reply, delay=latency + self._faults.slow_seconds)
         return attrs.evolve(reply, delay=latency) if latency else reply
 
     def _rate_limited(self, client: str) -> Reply | None:
@@ -670,8 +670,6 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_uuid4(value: Any) -> bool:
-    from .._idempotency import normalize_request_id
-
     return normalize_request_id(value) is not None
 
 
