@@ -7,6 +7,12 @@ and started again finds: succeeded rows to skip, and in-flight or failed rows
 to resend with the *same* request_id, so the server replays instead of
 applying twice. Every SQLite call runs on one dedicated thread; the event loop
 only awaits.
+
+Reads and writes from concurrent operations are *group-committed*: whatever
+arrives while one batch is in the database goes, together, into the next
+transaction, and each caller resumes only once its batch is committed. A
+write is as durable as before; a busy run pays one commit per batch instead
+of one per row.
 """
 
 from __future__ import annotations
@@ -24,6 +30,22 @@ import attrs
 __all__ = ["Journal", "JournalEntry"]
 
 T = TypeVar("T")
+
+_UPSERT = (
+    "INSERT INTO operations (key, op, line, request_id, payload_hash, state, participant_code,"
+    " reason, error, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(key) DO UPDATE SET op=excluded.op, line=excluded.line,"
+    " request_id=COALESCE(excluded.request_id, request_id),"
+    " payload_hash=COALESCE(excluded.payload_hash, payload_hash), state=excluded.state,"
+    " participant_code=excluded.participant_code, reason=excluded.reason, error=excluded.error,"
+    " attempts=excluded.attempts, updated_at=excluded.updated_at"
+)
+
+_INSERT_NEW = (
+    "INSERT INTO operations (key, op, line, request_id, payload_hash, state, participant_code,"
+    " reason, error, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(key) DO NOTHING"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -65,6 +87,8 @@ class Journal:
         self.path = str(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ndax-journal")
         self._db: sqlite3.Connection | None = None
+        self._queued: list[tuple[str, Any, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def open(self) -> Journal:
         """Open (creating the file and table if needed)."""
@@ -78,7 +102,9 @@ class Journal:
         self._db.execute(_SCHEMA)
 
     async def close(self) -> None:
-        """Close the database and its thread."""
+        """Close the database and its thread, after any batch still being written."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
@@ -87,6 +113,65 @@ class Journal:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _batched(self, kind: str, item: Any) -> Any:
+        """Queue a read (``kind="get"``, a key) or a write (``"put"``, a row) for the next
+        group-committed transaction; return once it is committed."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((kind, item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        # A caller cancelled now stops waiting, but its row is in the batch and is
+        # still committed (a "sending" row is then resent by the next run).
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            now = time.time()
+            reads = [item if kind == "get" else item[0] for kind, item, _ in batch if kind != "put"]
+            writes = [(*item, now) for kind, item, _ in batch if kind == "put"]
+            claims = [(*item, now) for kind, item, _ in batch if kind == "claim"]
+            try:
+                found = await self._run(self._transaction, reads, writes, claims)
+            except BaseException as error:
+                failure = error if isinstance(error, sqlite3.Error) else RuntimeError("the journal stopped")
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                if isinstance(error, sqlite3.Error):
+                    continue
+                raise
+            for kind, item, future in batch:
+                if not future.done():
+                    key = item if kind == "get" else item[0]
+                    future.set_result(found.get(key) if kind != "put" else None)
+
+    def _transaction(
+        self, keys: list[str], rows: list[tuple[Any, ...]], claims: list[tuple[Any, ...]]
+    ) -> dict[str, JournalEntry]:
+        """One transaction: read ``keys``, write ``rows``, insert ``claims`` that are new.
+
+        All committed or none."""
+        db = self._conn()
+        found: dict[str, JournalEntry] = {}
+        try:
+            db.execute("BEGIN")
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in db.execute(f"SELECT * FROM operations WHERE key IN ({marks})", chunk):  # noqa: S608
+                    found[row[0]] = JournalEntry(*row[:10])
+            if rows:
+                db.executemany(_UPSERT, rows)
+            if claims:
+                db.executemany(_INSERT_NEW, claims)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
+        return found
+
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError("the journal is not open")
@@ -94,17 +179,28 @@ class Journal:
 
     async def get(self, key: str) -> JournalEntry | None:
         """The entry for ``key``, if any."""
-        return await self._run(self._get, key)
+        entry: JournalEntry | None = await self._batched("get", key)
+        return entry
 
-    def _get(self, key: str) -> JournalEntry | None:
-        row = self._conn().execute("SELECT * FROM operations WHERE key = ?", (key,)).fetchone()
-        return JournalEntry(*row[:10]) if row else None
+    async def claim(
+        self, key: str, op: str, line: int | None, request_id: str | None, payload_hash: str
+    ) -> JournalEntry | None:
+        """Record ``key`` as about to be sent, unless the journal has it already.
+
+        Returns ``None`` when the row is new (it is now durably ``sending`` with
+        ``request_id``), else the existing entry, unchanged: the caller decides
+        (skip it, or resend it with its recorded request_id via :meth:`sending`).
+        One round trip where :meth:`get` then :meth:`sending` take two.
+        """
+        row = (key, op, line, request_id, payload_hash, "sending", None, None, None, 0)
+        entry: JournalEntry | None = await self._batched("claim", row)
+        return entry
 
     async def sending(
         self, key: str, op: str, line: int | None, request_id: str | None, payload_hash: str
     ) -> None:
         """Record, durably, that ``key`` is about to be sent with ``request_id``."""
-        await self._run(self._upsert, key, op, line, request_id, payload_hash, "sending", None, None, None, 0)
+        await self._batched("put", (key, op, line, request_id, payload_hash, "sending", None, None, None, 0))
 
     async def finished(
         self,
@@ -122,31 +218,8 @@ class Journal:
     ) -> None:
         """Record the outcome of ``key``."""
         state = "succeeded" if succeeded else "failed"
-        await self._run(
-            self._upsert,
-            key,
-            op,
-            line,
-            request_id,
-            payload_hash,
-            state,
-            participant_code,
-            reason,
-            error,
-            attempts,
-        )
-
-    def _upsert(self, *values: Any) -> None:
-        self._conn().execute(
-            "INSERT INTO operations (key, op, line, request_id, payload_hash, state, participant_code,"
-            " reason, error, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET op=excluded.op, line=excluded.line,"
-            " request_id=COALESCE(excluded.request_id, request_id),"
-            " payload_hash=COALESCE(excluded.payload_hash, payload_hash), state=excluded.state,"
-            " participant_code=excluded.participant_code, reason=excluded.reason, error=excluded.error,"
-            " attempts=excluded.attempts, updated_at=excluded.updated_at",
-            (*values, time.time()),
-        )
+        row = (key, op, line, request_id, payload_hash, state, participant_code, reason, error, attempts)
+        await self._batched("put", row)
 
     async def counts(self) -> dict[str, int]:
         """How many operations are in each state."""

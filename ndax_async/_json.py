@@ -18,6 +18,7 @@ What differs from ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)``
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -31,15 +32,42 @@ _MAX_ARRAY_INDEX = 2**32 - 2
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+_C_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_DIGITS = frozenset("0123456789")
+
+
 def dumps(value: Any) -> bytes:
     """Return the UTF-8 bytes JavaScript's ``JSON.stringify(value)`` would give.
 
     Accepts ``dict`` (string keys), ``list``/``tuple``, ``str``, ``int``,
     ``float``, ``bool`` and ``None``; anything else raises ``TypeError``.
     """
+    if _stringify_agrees(value):
+        # No float, no unsafe integer, no key starting with a digit: here the C
+        # encoder writes what JSON.stringify writes, unless a string holds a
+        # surrogate (checked on its output).
+        text: str = _C_ENCODER.encode(value)
+        if _SURROGATE.search(text) is None:
+            return text.encode("utf-8")
     parts: list[str] = []
     _encode(value, parts.append)
     return "".join(parts).encode("utf-8")
+
+
+def _stringify_agrees(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-_MAX_SAFE_INTEGER < value < _MAX_SAFE_INTEGER)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or key[:1] in _DIGITS or not _stringify_agrees(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(_stringify_agrees(item) for item in value)
+    return False
 
 
 def _encode(value: Any, emit: Any) -> None:

@@ -17,6 +17,7 @@ import attrs
 import httpx
 
 from ._clock import Clock
+from ._http import RawResponse
 
 __all__ = [
     "Outcome",
@@ -69,7 +70,7 @@ class RetryPolicy:
 class Outcome:
     """One attempt's result: a response, or the transport error instead of one."""
 
-    response: httpx.Response | None = None
+    response: RawResponse | None = None
     error: Exception | None = None
 
 

@@ -20,15 +20,17 @@ from tenacity import AsyncRetrying, RetryCallState
 
 from ._auth import EMPTY_BODY, Credentials
 from ._clock import Clock
+from ._http import RawResponse, Sender
 from ._limits import RateLimiter, RetryQuota
 from ._retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
-from .errors import ConnectError, RequestTimeout, TransportError
+from .errors import ClientClosedError, ConnectError, RequestTimeout, TransportError
 
 __all__ = ["Transport"]
 
 logger = logging.getLogger("ndax_async")
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_GET_HEADERS = {"Accept": "application/json"}
 _SKEW_WARNING_SECONDS = 30
 
 
@@ -37,11 +39,11 @@ class _DeadlineExceeded(Exception):
 
 
 class Transport:
-    """Signs, sends and retries requests over one ``httpx.AsyncClient``."""
+    """Signs, sends and retries requests through one :class:`~ndax_async._http.Sender`."""
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        sender: Sender,
         credentials: Credentials,
         base_url: str,
         *,
@@ -53,7 +55,9 @@ class Transport:
     ) -> None:
         self.limiter = limiter
         self.quota = quota
-        self.http = http
+        self.sender = sender
+        self.closed = False
+        self.user_agent = "ndax-async"
         self.credentials = credentials
         self.base_url = base_url
         self.clock = clock
@@ -69,21 +73,26 @@ class Transport:
         request_id: str | None,
         policy: RetryPolicy,
         timeout: float | None,
-    ) -> tuple[httpx.Response, int]:
+    ) -> tuple[RawResponse, int]:
         """Send until a final answer; return the response and the attempts made.
 
         Raises :class:`~ndax_async.errors.TransportError` when no response came.
         """
         call = _Call(self, method, route, body, request_id, policy, timeout)
-        retrying = AsyncRetrying(
-            sleep=self.clock.sleep,
-            retry=call.should_retry,
-            wait=call.wait,
-            stop=call.should_stop,
-            before_sleep=call.before_sleep,
-            retry_error_callback=_last_outcome,
-        )
-        outcome: Outcome = await retrying(call.attempt)
+        outcome = await call.attempt()
+        if outcome.response is None or outcome.response.status_code >= 400:
+            # Not an instant success: tenacity decides on this outcome and drives
+            # any retries. (A success skips building the retry machinery at all.)
+            call.first_outcome = outcome
+            retrying = AsyncRetrying(
+                sleep=self.clock.sleep,
+                retry=call.should_retry,
+                wait=call.wait,
+                stop=call.should_stop,
+                before_sleep=call.before_sleep,
+                retry_error_callback=_last_outcome,
+            )
+            outcome = await retrying(call.first_then_attempt)
         if outcome.response is not None:
             if self.quota is not None and outcome.response.status_code < 400:
                 self.quota.refund()
@@ -91,7 +100,7 @@ class Transport:
         # Not chained: the httpx error holds the signed request and its headers.
         raise _transport_error(outcome.error, request_id, call.attempts) from None
 
-    def clock_skew_hint(self, response: httpx.Response) -> str:
+    def clock_skew_hint(self, response: RawResponse) -> str:
         """Explain a 401/403 caused by a local clock off from the server's Date."""
         date = response.headers.get("date")
         if not date:
@@ -118,6 +127,7 @@ class _Call:
     __slots__ = (
         "attempts",
         "body",
+        "first_outcome",
         "method",
         "policy",
         "request_id",
@@ -148,14 +158,24 @@ class _Call:
         self.timeout = timeout
         self.started = transport.clock.monotonic()
         self.attempts = 0
+        self.first_outcome: Outcome | None = None
 
     def _remaining(self) -> float | None:
         if self.policy.deadline is None:
             return None
         return self.policy.deadline - (self.transport.clock.monotonic() - self.started)
 
+    async def first_then_attempt(self) -> Outcome:
+        """The outcome already in hand on the first call, then real attempts."""
+        if self.first_outcome is not None:
+            outcome, self.first_outcome = self.first_outcome, None
+            return outcome
+        return await self.attempt()
+
     async def attempt(self) -> Outcome:
         transport = self.transport
+        if transport.closed:
+            raise ClientClosedError("the AsyncClient was closed while this call was retrying")
         remaining = self._remaining()
         if remaining is not None and transport.pause.remaining >= remaining:
             return Outcome(error=_DeadlineExceeded())  # the shared 429 pause outlasts the deadline
@@ -172,20 +192,14 @@ class _Call:
         timestamp = str(int(transport.clock.time()))
         signed = self.body if self.body is not None else EMPTY_BODY
         headers = transport.credentials.headers(timestamp, self.method, self.route, signed)
-        if self.body is not None:
-            headers.update(_JSON_HEADERS)
+        headers.update(_JSON_HEADERS if self.body is not None else _GET_HEADERS)
+        headers["User-Agent"] = transport.user_agent
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s attempt %d request_id=%s", self.method, self.route, self.attempts, self.request_id
             )
         try:
-            response = await transport.http.request(
-                self.method,
-                self.url,
-                content=self.body,
-                headers=headers,
-                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-            )
+            response = await transport.sender.send(self.method, self.url, headers, self.body, timeout)
         except httpx.TransportError as error:
             return Outcome(error=error)
         if response.status_code == 429:

@@ -307,16 +307,6 @@ class Bulk:
                     self._created[op.key] = code
 
     async def _apply(self, op: Operation, deferred: list[Operation], final: bool) -> OperationResult | None:
-        entry = await self.journal.get(op.key) if self.journal is not None else None
-        if entry is not None and entry.state == "succeeded":
-            return OperationResult(
-                key=op.key,
-                op=op.op,
-                outcome="skipped",
-                line=op.line,
-                participant_code=entry.participant_code,
-                request_id=entry.request_id,
-            )
         if op.op not in OP_KINDS:
             return await self._record_failure(op.key, op.op, op.line, "bad_row", f"unknown op {op.op!r}")
         data = op.data
@@ -326,21 +316,48 @@ class Bulk:
                 deferred.append(op)
                 return None
             if custodian is None:
+                if (skipped := await self._already_succeeded(op)) is not None:
+                    return skipped
                 reason = f"custodian {op.custodian_key!r} was not created (see its own row)"
                 return await self._record_failure(op.key, op.op, op.line, "custodian", reason)
             data = {**_as_mapping(data), "custodian_participant_code": custodian}
         try:
             prepared = self.client._prepare_write(op.op, data, participant_code=op.participant_code)
         except ValidationError as error:
+            if (skipped := await self._already_succeeded(op)) is not None:
+                return skipped  # never overwrite a recorded success with a failure
             problems = "; ".join(str(p) for p in error.problems)
             return await self._record_failure(op.key, op.op, op.line, "validation", problems)
-        if entry is not None and entry.request_id and entry.payload_hash == prepared.payload_hash:
+        if self.journal is None:
+            return await self._send(op, prepared, resent=False)
+        # Durably "sending" before the first byte leaves, in one round trip for a new row.
+        entry = await self.journal.claim(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
+        if entry is None:
+            return await self._send(op, prepared, resent=False)
+        if entry.state == "succeeded":
+            return self._skipped(op, entry)
+        if entry.request_id and entry.payload_hash == prepared.payload_hash:
             prepared = prepared.with_request_id(entry.request_id)  # the id an earlier run sent it with
-        return await self._send(op, prepared, resent=entry is not None and entry.state == "sending")
+        await self.journal.sending(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
+        return await self._send(op, prepared, resent=entry.state == "sending")
+
+    async def _already_succeeded(self, op: Operation) -> OperationResult | None:
+        """A ``skipped`` result if the journal records ``op`` as succeeded, else ``None``."""
+        entry = await self.journal.get(op.key) if self.journal is not None else None
+        return self._skipped(op, entry) if entry is not None and entry.state == "succeeded" else None
+
+    @staticmethod
+    def _skipped(op: Operation, entry: JournalEntry) -> OperationResult:
+        return OperationResult(
+            key=op.key,
+            op=op.op,
+            outcome="skipped",
+            line=op.line,
+            participant_code=entry.participant_code,
+            request_id=entry.request_id,
+        )
 
     async def _send(self, op: Operation, prepared: PreparedWrite, *, resent: bool) -> OperationResult:
-        if self.journal is not None:
-            await self.journal.sending(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
         sent = OperationResult(
             key=op.key,
             op=op.op,

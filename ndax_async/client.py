@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal, TypeVar
@@ -21,6 +22,7 @@ from . import _json, _rules
 from ._auth import Credentials
 from ._clock import Clock, SystemClock
 from ._convert import read_record, structure_payload, to_wire
+from ._http import AiohttpSender, HttpxClientSender, HttpxTransportSender, Sender, aiohttp_available
 from ._idempotency import RequestIdMode, derive_request_id, normalize_request_id, random_request_id
 from ._limits import RateLimiter, RetryQuota
 from ._retry import RateLimitPause, RetryEvent, RetryPolicy
@@ -75,7 +77,9 @@ class AsyncClient:
         retry_policy: RetryPolicy | None = None,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        http_backend: Literal["auto", "aiohttp", "httpx"] = "auto",
         max_connections: int = 100,
+        verify: ssl.SSLContext | bool = True,
         request_ids: RequestIdMode | Literal["derived", "random"] = RequestIdMode.DERIVED,
         request_id_namespace: str = "",
         send_request_id: bool | Mapping[str, bool] = True,
@@ -101,19 +105,11 @@ class AsyncClient:
             raise ConfigurationError("request_ids must be 'derived' or 'random'") from None
         self.request_id_namespace = request_id_namespace
         self._send_request_id = _endpoint_flags(send_request_id)
-        if http_client is not None and transport is not None:
-            raise ConfigurationError("pass http_client or transport, not both")
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            transport=transport,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"User-Agent": f"ndax-async/{__version__}"},
-        )
+        self._sender = _sender(http_client, transport, http_backend, max_connections, verify)
         self._clock: Clock = clock or SystemClock()
         self.rate_limit_pause = RateLimitPause(self._clock)
         self._transport = Transport(
-            self._http,
+            self._sender,
             self._credentials,
             self.base_url,
             clock=self._clock,
@@ -124,6 +120,7 @@ class AsyncClient:
             else None,
             quota=retry_quota,
         )
+        self._transport.user_agent = f"ndax-async/{__version__}"
         self._closed = False
         self.customers = Customers(self)
         self.participants = Participants(self)
@@ -156,8 +153,8 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
-        if self._owns_http:
-            await self._http.aclose()
+        self._transport.closed = True
+        await self._sender.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         self._ensure_open()
@@ -276,7 +273,7 @@ class AsyncClient:
                     raw_text=response.text,
                     request_id=request_id,
                     attempts=attempts,
-                    headers=dict(response.headers),
+                    headers=response.header_dict(),
                 ) from None
         if status == 404 and not_found_ok:
             return None, attempts
@@ -286,7 +283,7 @@ class AsyncClient:
             response.text,
             request_id=request_id,
             attempts=attempts,
-            headers=dict(response.headers),
+            headers=response.header_dict(),
             hint=hint,
         )
 
@@ -570,6 +567,30 @@ def _check_base_url(base_url: str, allow_insecure_http: bool) -> str:
             "base_url uses plain http to a non-loopback host; use https, or pass allow_insecure_http=True"
         )
     return base_url.rstrip("/")
+
+
+def _sender(
+    http_client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
+    backend: str,
+    max_connections: int,
+    verify: ssl.SSLContext | bool,
+) -> Sender:
+    """The sender for the options given: the caller's client or transport, else aiohttp where installed."""
+    if backend not in ("auto", "aiohttp", "httpx"):
+        raise ConfigurationError("http_backend must be 'auto', 'aiohttp' or 'httpx'")
+    if http_client is not None and transport is not None:
+        raise ConfigurationError("pass http_client or transport, not both")
+    if http_client is not None:
+        return HttpxClientSender(http_client)
+    if transport is not None:
+        return HttpxTransportSender(transport)
+    if backend == "aiohttp" or (backend == "auto" and aiohttp_available()):
+        if not aiohttp_available():
+            raise ConfigurationError("http_backend='aiohttp' needs aiohttp: pip install 'ndax-async[speed]'")
+        return AiohttpSender(max_connections, verify=verify)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return HttpxTransportSender(httpx.AsyncHTTPTransport(limits=limits, verify=verify))
 
 
 def _endpoint_flags(value: bool | Mapping[str, bool]) -> dict[str, bool]:

@@ -27,7 +27,7 @@ def mock() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 async def client(clock: FakeClock, mock: respx.MockRouter) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(
-        api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock
+        api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock, http_backend="httpx"
     ) as instance:
         yield instance
 

@@ -257,7 +257,11 @@ def test_from_env() -> None:
 async def test_request_id_can_be_turned_off_per_endpoint(clock: FakeClock, mock: respx.MockRouter) -> None:
     route = mock.post("/participants/customers/minor").mock(return_value=ok({}))
     async with AsyncClient(
-        api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, send_request_id={"create_minor": False}
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        passphrase=PASSPHRASE,
+        send_request_id={"create_minor": False},
+        http_backend="httpx",
     ) as client:
         minor = await client.customers.create_minor(minor_wire())
     assert route.calls.last.request.content == dumps(minor_wire())

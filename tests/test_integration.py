@@ -16,11 +16,13 @@ import httpx
 import pytest
 
 from ndax_async import Address, AsyncClient, CustomerUpdate, RetryPolicy
+from ndax_async.errors import ConnectError
 from ndax_async.testing import Faults, Sandbox, SandboxServer
 
 from .helpers import customer_wire, minor_wire
 
 FULL = bool(os.environ.get("NDAX_FULL_TESTS"))
+BACKENDS = ["aiohttp", "httpx"]
 POLICY = RetryPolicy(backoff_initial=0.005, backoff_max=0.05, rate_limit_pause=0.01)
 
 
@@ -98,12 +100,18 @@ async def test_two_thousand_operations_in_process_under_faults() -> None:
     assert_exactly_once(sandbox, expected)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("customers", [300 if not FULL else 2000])
-async def test_operations_over_loopback_http_under_faults(customers: int) -> None:
+async def test_operations_over_loopback_http_under_faults(customers: int, backend: str) -> None:
     sandbox = Sandbox(faults=mixed_faults(seed=5))
     with SandboxServer(sandbox) as server:
         async with AsyncClient(
-            **sandbox.credentials, base_url=server.base_url, retry_policy=POLICY, max_retries=12, timeout=0.2
+            **sandbox.credentials,
+            base_url=server.base_url,
+            retry_policy=POLICY,
+            max_retries=12,
+            timeout=0.2,
+            http_backend=backend,  # type: ignore[arg-type]
         ) as client:
             expected = await onboard(client, customers=customers, concurrency=32)
             listed = [p async for p in client.participants.list()]
@@ -111,14 +119,20 @@ async def test_operations_over_loopback_http_under_faults(customers: int) -> Non
     assert len(listed) == expected["customers"] + expected["minors"]
 
 
-async def test_loopback_drop_is_seen_as_a_disconnect_and_retried() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_loopback_drop_is_seen_as_a_disconnect_and_retried(backend: Any) -> None:
     sandbox = Sandbox(faults=Faults(drop_after=1.0))
     with SandboxServer(sandbox) as server:
-        async with AsyncClient(**sandbox.credentials, base_url=server.base_url, max_retries=0) as client:
-            with pytest.raises(Exception, match="RemoteProtocolError"):
+        options: dict[str, Any] = {
+            **sandbox.credentials,
+            "base_url": server.base_url,
+            "http_backend": backend,
+        }
+        async with AsyncClient(**options, max_retries=0) as client:
+            with pytest.raises(ConnectError, match=r"RemoteProtocolError|ReadError"):
                 await client.customers.create(customer_wire())
         sandbox.faults()
-        async with AsyncClient(**sandbox.credentials, base_url=server.base_url) as client:
+        async with AsyncClient(**options) as client:
             await client.customers.create(customer_wire())
             # keep-alive: a second call reuses the pooled connection
             assert await client.participants.get_by_email("email-example@mail.com") is not None

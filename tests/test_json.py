@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ndax_async import _json
 from ndax_async._json import dumps, format_number
 
 
@@ -79,3 +82,21 @@ def test_rejects_what_json_cannot_hold() -> None:
         dumps({1: "x"})
     with pytest.raises(TypeError):
         dumps({"when": object()})
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=4) | st.sampled_from(["0", "7", "01", "1a"]), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_JSON_VALUES)
+def test_fast_path_writes_exactly_what_the_full_encoder_writes(value: object) -> None:
+    parts: list[str] = []
+    _json._encode(value, parts.append)
+    assert _json.dumps(value) == "".join(parts).encode("utf-8")

@@ -129,7 +129,7 @@ async def test_client_bodies_and_signatures_match_node() -> None:
 
         router.post("/participants/customers/new").mock(side_effect=answer)
         async with AsyncClient(
-            api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock
+            api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock, http_backend="httpx"
         ) as c:
             for customer in customers:
                 await c.customers.create(customer)

@@ -37,6 +37,7 @@ def ok() -> httpx.Response:
 
 
 def make_client(clock: FakeClock, **options: object) -> AsyncClient:
+    options.setdefault("http_backend", "httpx")  # respx intercepts httpx
     return AsyncClient(api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock, **options)  # type: ignore[arg-type]
 
 

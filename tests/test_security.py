@@ -37,7 +37,9 @@ async def test_nothing_secret_leaks_anywhere(
 
     mock.post("/participants/customers/new").mock(side_effect=answer)
     texts: list[str] = []
-    client = AsyncClient(api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=FakeClock())
+    client = AsyncClient(
+        api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=FakeClock(), http_backend="httpx"
+    )
     texts += [repr(client), str(client), repr(client._credentials), str(client._credentials)]
     async with client:
         with pytest.raises(NDAXError) as caught:
@@ -62,7 +64,15 @@ def test_credentials_cannot_be_pickled() -> None:
         pickle.dumps(Credentials(API_KEY, API_SECRET, PASSPHRASE))
 
 
-def test_tls_verification_stays_on() -> None:
-    client = AsyncClient(api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE)
-    pool = client._http._transport._pool  # type: ignore[attr-defined]
-    assert pool._ssl_context.verify_mode.name == "CERT_REQUIRED"
+@pytest.mark.parametrize("backend", ["httpx", "aiohttp"])
+def test_tls_verification_stays_on(backend: str) -> None:
+    client = AsyncClient(
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        passphrase=PASSPHRASE,
+        http_backend=backend,  # type: ignore[arg-type]
+    )
+    sender = client._sender
+    context = sender.ssl_context if backend == "aiohttp" else sender.transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert context.verify_mode.name == "CERT_REQUIRED"
+    assert context.check_hostname

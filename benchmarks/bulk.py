@@ -1,0 +1,121 @@
+"""The bulk engine: journal on against off, event-loop gaps, and memory as the input grows.
+
+Everything runs in-process over a transport that answers instantly, so the
+figures are the engine's own cost: validation, encoding, the journal's
+SQLite writes (off the loop, group-committed) and the scheduling between.
+
+Run ``python -m benchmarks.bulk --rss N`` to stream N operations in a fresh
+process and print its peak RSS in KiB (the harness does this for you).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ndax_async import AsyncClient
+from ndax_async.bulk import Bulk, Operation
+
+from ._common import API_KEY, API_SECRET, PASSPHRASE, customer, median
+from .overhead import InstantTransport
+
+CONCURRENCY = 32
+
+
+def operations(count: int, tag: str) -> Iterator[Operation]:
+    """``count`` unique creates, generated lazily (a streamed input)."""
+    for n in range(count):
+        yield Operation(key=f"{tag}-{n}", op="create", data=customer(n, tag), line=n + 1)
+
+
+async def _ticker(gaps: list[float], interval: float = 0.001) -> None:
+    """Ask to run every ``interval``; record how late each run was."""
+    while True:
+        asked = time.perf_counter()
+        await asyncio.sleep(interval)
+        gaps.append(time.perf_counter() - asked - interval)
+
+
+async def _bulk_run(count: int, journal: Path | None, tag: str, gaps: list[float] | None) -> float:
+    credentials = {"api_key": API_KEY, "api_secret": API_SECRET, "passphrase": PASSPHRASE}
+    async with AsyncClient(**credentials, transport=InstantTransport()) as client:
+        engine = Bulk(client, concurrency=CONCURRENCY, rate=None, journal=journal)
+        ticker = asyncio.create_task(_ticker(gaps)) if gaps is not None else None
+        started = time.perf_counter()
+        summary = await engine.run_all(operations(count, tag))
+        elapsed = time.perf_counter() - started
+        if ticker is not None:
+            ticker.cancel()
+    if summary.succeeded != count:
+        raise RuntimeError(f"bulk benchmark lost operations: {summary}")
+    return elapsed
+
+
+def run(count: int, repeats: int) -> dict[str, Any]:
+    """Median operations/s with the journal on and off (alternating), and the loop's gaps with it on."""
+    rates: dict[str, list[float]] = {"journal off": [], "journal on": []}
+    gaps: list[float] = []
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(_bulk_run(min(count, 200), Path(folder) / "warm.sqlite", "warm", None))
+        for repeat in range(repeats):
+            off = asyncio.run(_bulk_run(count, None, f"off{repeat}", None))
+            on = asyncio.run(_bulk_run(count, Path(folder) / f"{repeat}.sqlite", f"on{repeat}", gaps))
+            rates["journal off"].append(count / off)
+            rates["journal on"].append(count / on)
+    result = {name: median(values) for name, values in rates.items()}
+    gaps.sort()
+    return {
+        "operations": count,
+        "repeats": repeats,
+        "ops_per_second": result,
+        "ratio": result["journal on"] / result["journal off"],
+        "loop_gap_ms": {
+            "max": gaps[-1] * 1e3 if gaps else float("nan"),
+            "p99": gaps[int(len(gaps) * 0.99)] * 1e3 if gaps else float("nan"),
+            "ticks": len(gaps),
+        },
+    }
+
+
+def peak_rss_kib(count: int) -> int:
+    """Peak RSS of a fresh process streaming ``count`` operations, journal on."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bulk", "--rss", str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def memory(small: int, large: int) -> dict[str, Any]:
+    """Peak RSS for ``small`` and ``large`` streamed operations, and the growth between."""
+    small_kib, large_kib = peak_rss_kib(small), peak_rss_kib(large)
+    return {
+        "small": small,
+        "large": large,
+        "small_mib": small_kib / 1024,
+        "large_mib": large_kib / 1024,
+        "growth_mib": (large_kib - small_kib) / 1024,
+    }
+
+
+def _rss_probe(count: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(_bulk_run(count, Path(folder) / "rss.sqlite", "rss", None))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rss", type=int, required=True)
+    _rss_probe(parser.parse_args().rss)

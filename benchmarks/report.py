@@ -1,0 +1,170 @@
+"""Turn the benchmark figures into ``RESULTS.md`` (with each target's verdict) and a PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ._common import machine, verdict
+
+SDK = "SDK (default)"
+AIOHTTP = "hand-written aiohttp"
+MODEL_IN = "SDK, NewCustomer in"
+DICT_IN = "SDK, dict in (validated per call)"
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(target, measured, holds) for each target of the performance issue."""
+    ratio = results["overhead"]["ratio"]
+    table = results["throughput"]["table"]
+    concurrencies = [c for c in results["throughput"]["concurrencies"] if c >= 16]
+    vs_aiohttp = {c: table[SDK][c]["rate"] / table[AIOHTTP][c]["rate"] for c in concurrencies}
+    rows = [
+        (
+            "per-call overhead <= 1.15x hand-written httpx",
+            f"{ratio[MODEL_IN]:.2f}x (model in), {ratio[DICT_IN]:.2f}x (dict in)",
+            max(ratio[MODEL_IN], ratio[DICT_IN]) <= 1.15,
+        ),
+        (
+            "SDK default >= 0.8x hand-written aiohttp at concurrency 16, 64, 256",
+            ", ".join(f"{c}: {v:.2f}x" for c, v in vs_aiohttp.items()),
+            all(v >= 0.8 for v in vs_aiohttp.values()),
+        ),
+    ]
+    if 16 in table[SDK] and 256 in table[SDK]:
+        low, high = table[SDK][16]["rate"], table[SDK][256]["rate"]
+        rows.append(
+            (
+                "SDK default not lower at 256 than at 16",
+                f"{high:.0f}/s at 256, {low:.0f}/s at 16",
+                high >= low,
+            )
+        )
+    bulk = results["bulk"]
+    memory = results["memory"]
+    rows += [
+        ("bulk with journal >= 0.85x without", f"{bulk['ratio']:.2f}x", bulk["ratio"] >= 0.85),
+        (
+            f"peak RSS growth {memory['small']:,} -> {memory['large']:,} streamed operations < 20 MiB",
+            f"{memory['growth_mib']:.1f} MiB ({memory['small_mib']:.1f} -> {memory['large_mib']:.1f} MiB)",
+            memory["growth_mib"] < 20,
+        ),
+        (
+            "event-loop gap < 10 ms (bulk, journal on)",
+            f"max {bulk['loop_gap_ms']['max']:.1f} ms, p99 {bulk['loop_gap_ms']['p99']:.1f} ms",
+            bulk["loop_gap_ms"]["max"] < 10,
+        ),
+    ]
+    return rows
+
+
+def markdown(results: dict[str, Any], *, smoke: bool) -> str:
+    """The whole report."""
+    over, tp, bulk = results["overhead"], results["throughput"], results["bulk"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Made by `bash scripts/bench.sh` (`python -m benchmarks`); method: `benchmarks/README.md`.",
+        "",
+    ]
+    if smoke:
+        lines += ["**Smoke run (tiny N): these figures check that the harness runs and mean nothing.**", ""]
+    lines += [
+        f"- Machine: {machine()}",
+        f"- Date: {results['date']}",
+        f"- Whole run: {results['elapsed']:.0f} s",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {measured} | {verdict(ok)} |" for name, measured, ok in targets(results)]
+    lines += [
+        "",
+        f"## 1. Per-call overhead (in-process instant transport, {over['calls']:,} calls,"
+        f" median of {over['repeats']} alternating repeats)",
+        "",
+        "| client | µs per call | ratio to hand-written httpx |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {value:.1f} | {over['ratio'][name]:.2f}x |"
+        for name, value in over["us_per_call"].items()
+    ]
+    lines += [
+        "",
+        f"## 2. Throughput over loopback (sandbox in its own process, {tp['seconds']:g} s per cell,"
+        f" median of {tp['repeats']} alternating repeats)",
+        "",
+        "Creates per second, and this process's CPU time per create (the client's cost alone).",
+        "",
+        "| client | " + " | ".join(f"c={c}" for c in tp["concurrencies"]) + " |",
+        "|---|" + "---|" * len(tp["concurrencies"]),
+    ]
+    for name, row in tp["table"].items():
+        cells = [f"{row[c]['rate']:,.0f}/s ({row[c]['cpu_ms']:.2f} ms)" for c in tp["concurrencies"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Ratio of each client to hand-written aiohttp:",
+        "",
+        "| client | " + " | ".join(f"c={c}" for c in tp["concurrencies"]) + " |",
+        "|---|" + "---|" * len(tp["concurrencies"]),
+    ]
+    base = tp["table"][AIOHTTP]
+    for name, row in tp["table"].items():
+        cells = [f"{row[c]['rate'] / base[c]['rate']:.2f}x" for c in tp["concurrencies"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "![throughput against concurrency](throughput.png)",
+        "",
+        f"## 3. Bulk engine ({bulk['operations']:,} creates, concurrency {32}, instant transport,"
+        f" median of {bulk['repeats']} alternating repeats)",
+        "",
+        "| journal | operations/s |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value:,.0f} |" for name, value in bulk["ops_per_second"].items()]
+    memory = results["memory"]
+    lines += [
+        "",
+        f"Journal on / off: {bulk['ratio']:.2f}x.",
+        "",
+        f"Peak RSS, streamed with the journal on: {memory['small']:,} operations"
+        f" {memory['small_mib']:.1f} MiB, {memory['large']:,} operations {memory['large_mib']:.1f} MiB"
+        f" (growth {memory['growth_mib']:.1f} MiB).",
+        "",
+        "## 4. Event-loop health",
+        "",
+        "A ticker asking to run every 1 ms during the journal-on bulk runs"
+        f" ({bulk['loop_gap_ms']['ticks']:,} ticks): the loop was late by at most"
+        f" {bulk['loop_gap_ms']['max']:.1f} ms"
+        f" (p99 {bulk['loop_gap_ms']['p99']:.1f} ms).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(throughput: dict[str, Any], path: Path) -> None:
+    """Creates/s against concurrency, one line per client, log-scaled concurrency axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
+    concurrencies = throughput["concurrencies"]
+    for name, row in throughput["table"].items():
+        axes.plot(concurrencies, [row[c]["rate"] for c in concurrencies], marker="o", label=name)
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(concurrencies, [str(c) for c in concurrencies])
+    axes.set_xlabel("concurrency (requests in flight)")
+    axes.set_ylabel("creates per second")
+    axes.set_title("Loopback throughput against the sandbox")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,157 @@
+"""Creates per second over loopback against the sandbox served in its own process.
+
+Five clients at each concurrency, each posting unique, signed creates for a
+fixed time: the SDK as a user gets it by default (its own aiohttp sender), the
+SDK on httpx's default transport, the SDK on the ``httpx-aiohttp`` package's
+transport (the alternative we measured against our sender), hand-written httpx
+and hand-written aiohttp. Client CPU per request
+(this process's CPU time over requests done) is reported beside the rate: on a
+2-core machine the server shares the CPU, so the rate alone can hide a client's
+cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+
+from ndax_async import AsyncClient, NewCustomer
+
+from ._common import API_KEY, API_SECRET, CREATE_ROUTE, PASSPHRASE, customer, encode, median, sign_headers
+
+CLIENTS = (
+    "SDK (default)",
+    "SDK on httpx transport",
+    "SDK on httpx-aiohttp transport",
+    "hand-written httpx",
+    "hand-written aiohttp",
+)
+Send = Callable[[int], Awaitable[None]]
+
+
+@contextlib.contextmanager
+def sandbox_process() -> Iterator[str]:
+    """Serve the sandbox (``ndax-async sandbox``) in a child process; yield its base URL."""
+    command = [sys.executable, "-m", "ndax_async.cli", "sandbox", "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        if not found:
+            raise RuntimeError(f"sandbox did not start: {line!r}")
+        yield found.group(1)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _sdk_client(base_url: str, concurrency: int, backend: str, **options: Any) -> AsyncClient:
+    return AsyncClient(
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        passphrase=PASSPHRASE,
+        base_url=base_url,
+        max_connections=concurrency,
+        http_backend=backend,  # type: ignore[arg-type]
+        **options,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _sender(name: str, base_url: str, concurrency: int, tag: str) -> Any:
+    """Yield ``send(n)``: create customer ``n`` (unique per ``tag``) with this client."""
+    if name == "SDK on httpx-aiohttp transport":
+        from httpx_aiohttp import AiohttpTransport
+
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        options: dict[str, Any] = {"transport": AiohttpTransport(limits=limits)}
+        async with _sdk_client(base_url, concurrency, "httpx", **options) as client:
+
+            async def send_sdk_over(n: int) -> None:
+                await client.customers.create(NewCustomer(**customer(n, tag)))
+
+            yield send_sdk_over
+    elif name.startswith("SDK"):
+        backend = "auto" if name == "SDK (default)" else "httpx"
+        async with _sdk_client(base_url, concurrency, backend) as client:
+
+            async def send_sdk(n: int) -> None:
+                await client.customers.create(NewCustomer(**customer(n, tag)))
+
+            yield send_sdk
+    elif name == "hand-written httpx":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits) as http:
+
+            async def send_httpx(n: int) -> None:
+                body = encode(customer(n, tag))
+                response = await http.post(CREATE_ROUTE, content=body, headers=sign_headers(body))
+                response.raise_for_status()
+                response.json()
+
+            yield send_httpx
+    else:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(base_url, connector=connector) as session:
+
+            async def send_aiohttp(n: int) -> None:
+                body = encode(customer(n, tag))
+                async with session.post(CREATE_ROUTE, data=body, headers=sign_headers(body)) as response:
+                    response.raise_for_status()
+                    await response.json()
+
+            yield send_aiohttp
+
+
+async def _measure(name: str, base_url: str, concurrency: int, seconds: float, tag: str) -> dict[str, float]:
+    async with _sender(name, base_url, concurrency, tag) as send:
+        counter = iter(range(10**9))
+        for _ in range(min(concurrency, 32)):  # warm the pool
+            await send(next(counter))
+        done = 0
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await send(next(counter))
+                done += 1
+
+        wall, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"rate": done / wall, "cpu_ms": cpu / done * 1e3 if done else float("nan")}
+
+
+def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[str, Any]:
+    """Median creates/s and client CPU ms per create, per client and concurrency."""
+    samples: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with sandbox_process() as base_url:
+        for repeat in range(repeats):
+            for concurrency in concurrencies:
+                for name in CLIENTS:  # alternate clients within each repeat
+                    tag = f"r{repeat}-c{concurrency}-{CLIENTS.index(name)}"
+                    figure = asyncio.run(_measure(name, base_url, concurrency, seconds, tag))
+                    samples.setdefault((name, concurrency), []).append(figure)
+    table = {
+        name: {
+            concurrency: {
+                "rate": median([s["rate"] for s in samples[(name, concurrency)]]),
+                "cpu_ms": median([s["cpu_ms"] for s in samples[(name, concurrency)]]),
+            }
+            for concurrency in concurrencies
+        }
+        for name in CLIENTS
+    }
+    return {"seconds": seconds, "repeats": repeats, "concurrencies": list(concurrencies), "table": table}
