@@ -95,10 +95,18 @@ def _build(cls: Callable[..., T], values: Mapping[str, Any], problems: list[Prob
         return None
 
 
+def _key_name(key: Any) -> str:
+    """An unknown key as a field name a person can see (an empty or odd key is quoted)."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() == text and text else repr(key)
+
+
 def _structure_new(data: Any, cls: type[NewT]) -> NewT:
     mapping = _require_mapping(data, cls)
     names = [field.name for field in attrs.fields(cls)]
-    problems = [Problem(str(key), f"not a field of {cls.__name__}") for key in mapping if key not in names]
+    problems = [
+        Problem(_key_name(key), f"not a field of {cls.__name__}") for key in mapping if key not in names
+    ]
     # Absent fields go in as None so the constructor reports them as required.
     built = _build(cls, {name: mapping.get(name) for name in names}, problems)
     if problems or built is None:
@@ -118,7 +126,7 @@ def _structure_update(data: Any, cls: type[CustomerUpdate]) -> CustomerUpdate:
         else:
             flat[key] = value
     problems = [
-        Problem(str(key), "cannot be updated (not part of an updatable data segment)")
+        Problem(_key_name(key), "cannot be updated (not part of an updatable data segment)")
         for key in flat
         if key not in _rules.UPDATE_FIELDS
     ]

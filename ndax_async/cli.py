@@ -11,7 +11,8 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _parse_faults(text: str) -> dict[str, float | int]:
+def parse_faults(text: str) -> dict[str, float | int]:
+    """``"drop_after=0.1,seed=7"`` as keyword arguments for :class:`~ndax_async.testing.Faults`."""
     settings: dict[str, float | int] = {}
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
@@ -27,7 +28,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     if args.rate_limit:
         requests, _, seconds = args.rate_limit.partition("/")
         rate_limit = (int(requests), float(seconds or 10))
-    sandbox = Sandbox(faults=_parse_faults(args.faults), rate_limit=rate_limit)
+    sandbox = Sandbox(faults=parse_faults(args.faults), rate_limit=rate_limit)
     serve_forever(sandbox, args.port, on_ready=lambda line: print(line, flush=True))
     return 0
 

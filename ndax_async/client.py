@@ -22,7 +22,14 @@ from . import _json, _rules
 from ._auth import Credentials
 from ._clock import Clock, SystemClock
 from ._convert import read_record, structure_payload, to_wire
-from ._http import AiohttpSender, HttpxClientSender, HttpxTransportSender, Sender, aiohttp_available
+from ._http import (
+    AiohttpSender,
+    HttpxClientSender,
+    HttpxTransportSender,
+    RawResponse,
+    Sender,
+    aiohttp_available,
+)
 from ._idempotency import RequestIdMode, derive_request_id, normalize_request_id, random_request_id
 from ._limits import RateLimiter, RetryQuota
 from ._retry import RateLimitPause, RetryEvent, RetryPolicy
@@ -225,7 +232,7 @@ class AsyncClient:
         deadline: float | None = None,
     ) -> Any:
         """Send a prepared write (retrying) and read its record."""
-        data, attempts = await self._send(
+        data, attempts, raw = await self._send(
             prepared.method,
             prepared.route,
             prepared.body,
@@ -236,7 +243,7 @@ class AsyncClient:
         )
         message = data.get("message") if isinstance(data, dict) else None
         if not isinstance(message, dict):
-            raise _malformed("a 'message' object", data, prepared.request_id, attempts)
+            raise _malformed("a 'message' object", raw, data, prepared.request_id, attempts)
         record_type: Any = prepared.record_type
         return read_record(message, record_type, attempts=attempts, request_id=prepared.request_id)
 
@@ -251,8 +258,10 @@ class AsyncClient:
         max_retries: int | None = None,
         deadline: float | None = None,
         not_found_ok: bool = False,
-    ) -> tuple[Any, int]:
-        """Send one logical request; return (parsed JSON, attempts) of a 2xx."""
+    ) -> tuple[Any, int, RawResponse | None]:
+        """Send one logical request; return (parsed JSON, attempts, response) of a 2xx.
+
+        With ``not_found_ok``, a 404 returns ``(None, attempts, None)``."""
         self._ensure_open()
         response, attempts = await self._transport.request(
             method,
@@ -265,7 +274,7 @@ class AsyncClient:
         status = response.status_code
         if 200 <= status < 300:
             try:
-                return json.loads(response.content), attempts
+                return json.loads(response.content), attempts, response
             except ValueError:
                 raise MalformedResponseError(
                     "the response body is not JSON",
@@ -276,7 +285,7 @@ class AsyncClient:
                     headers=response.header_dict(),
                 ) from None
         if status == 404 and not_found_ok:
-            return None, attempts
+            return None, attempts, None
         hint = self._transport.clock_skew_hint(response) if status in (401, 403) else ""
         raise error_from_response(
             status,
@@ -425,14 +434,14 @@ class Participants:
         if not isinstance(email, str) or not email.strip():
             raise ValidationError("request", [Problem("email", "required (a non-empty string)")])
         route = "/participants/" + urllib.parse.quote(email, safe="@+")
-        data, attempts = await self._client._send(
+        data, attempts, raw = await self._client._send(
             "GET", route, None, request_id=None, timeout=timeout, not_found_ok=True
         )
         if data is None:
             return None
         message = data.get("message") if isinstance(data, dict) else None
         if not isinstance(message, dict):
-            raise _malformed("a 'message' object", data, None, attempts)
+            raise _malformed("a 'message' object", raw, data, None, attempts)
         return read_record(message, Participant, attempts=attempts)
 
     async def list_pages(
@@ -450,10 +459,10 @@ class Participants:
             query = _query(
                 email=email, participant_code=participant_code, page=page, minors=minors, status=status
             )
-            data, attempts = await self._client._send(
+            data, attempts, raw = await self._client._send(
                 "GET", "/participants?" + query, None, request_id=None, timeout=timeout
             )
-            result = _read_page(data, attempts, page)
+            result = _read_page(data, attempts, page, raw)
             yield result
             if not result.participants or result.page >= result.total_pages:
                 return
@@ -521,10 +530,10 @@ def _query(**params: object) -> str:
     return "&".join(pairs)
 
 
-def _read_page(data: Any, attempts: int, requested_page: int) -> ParticipantPage:
+def _read_page(data: Any, attempts: int, requested_page: int, raw: RawResponse | None) -> ParticipantPage:
     items = data.get("message") if isinstance(data, dict) else None
     if not isinstance(items, list):
-        raise _malformed("a 'message' list", data, None, attempts)
+        raise _malformed("a 'message' list", raw, data, None, attempts)
     participants = tuple(
         read_record(item, Participant, attempts=attempts) for item in items if isinstance(item, dict)
     )
@@ -543,15 +552,17 @@ def _int_or(value: Any, default: Any) -> Any:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def _malformed(expected: str, data: Any, request_id: str | None, attempts: int) -> MalformedResponseError:
-    raw = json.dumps(data, ensure_ascii=False)
+def _malformed(
+    expected: str, raw: RawResponse | None, data: Any, request_id: str | None, attempts: int
+) -> MalformedResponseError:
     return MalformedResponseError(
         f"the response is not the documented shape (expected {expected})",
-        status_code=200,
+        status_code=raw.status_code if raw is not None else 200,
         body=data,
-        raw_text=raw,
+        raw_text=raw.text if raw is not None else json.dumps(data, ensure_ascii=False),
         request_id=request_id,
         attempts=attempts,
+        headers=raw.header_dict() if raw is not None else None,
     )
 
 

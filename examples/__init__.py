@@ -1,0 +1,1 @@
+"""Examples of ndax-async in use: a FastAPI signup service and a load generator for it."""
