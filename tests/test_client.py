@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -27,6 +28,7 @@ from ndax_async import (
 from ndax_async._auth import Credentials
 from ndax_async._convert import to_wire
 from ndax_async._json import dumps
+from ndax_async.errors import ServerError
 from ndax_async.testing import FakeClock
 
 from .helpers import API_KEY, API_SECRET, BASE_URL, PASSPHRASE, customer_wire, minor_wire
@@ -266,3 +268,81 @@ async def test_request_id_can_be_turned_off_per_endpoint(clock: FakeClock, mock:
         minor = await client.customers.create_minor(minor_wire())
     assert route.calls.last.request.content == dumps(minor_wire())
     assert minor.request_id is None
+
+
+async def test_closing_the_client_stops_a_call_that_is_waiting_to_retry(clock: FakeClock) -> None:
+    gate = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        gate.set()
+        await asyncio.sleep(0)  # yield so the client can be closed during the wait
+
+    clock.sleep = sleep  # type: ignore[method-assign]
+    answers = iter([httpx.Response(503), httpx.Response(200, json={"message": {"participant_code": "P1"}})])
+    transport = httpx.MockTransport(lambda request: next(answers))
+    client = AsyncClient(
+        api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, transport=transport, clock=clock
+    )
+    call = asyncio.create_task(client.customers.create(customer_wire()))
+    await gate.wait()
+    await client.aclose()
+    with pytest.raises(ClientClosedError, match="closed while this call was retrying"):
+        await call
+
+
+async def test_aiohttp_client_is_bound_to_its_event_loop() -> None:
+    from ndax_async.testing import Sandbox, SandboxServer
+
+    sandbox = Sandbox()
+    with SandboxServer(sandbox) as server:
+        client = AsyncClient(**sandbox.credentials, base_url=server.base_url, http_backend="aiohttp")
+        assert await client.participants.get_by_email("a@b.co") is None
+
+        def elsewhere() -> None:
+            asyncio.run(client.participants.get_by_email("a@b.co"))
+
+        with pytest.raises(ClientClosedError, match="bound to the event loop"):
+            await asyncio.to_thread(elsewhere)
+        await client.aclose()
+
+
+@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
+async def test_a_cancelled_call_leaves_the_pool_usable(backend: str) -> None:
+    from ndax_async.testing import Faults, Sandbox, SandboxServer
+
+    sandbox = Sandbox(faults=Faults(slow_after=1.0, slow_seconds=0.3))
+    with SandboxServer(sandbox) as server:
+        options: dict[str, Any] = {**sandbox.credentials, "base_url": server.base_url, "max_connections": 2}
+        async with AsyncClient(**options, http_backend=backend) as client:  # type: ignore[arg-type]
+            calls = [asyncio.create_task(client.participants.get_by_email(f"{n}@b.co")) for n in range(2)]
+            await asyncio.sleep(0.1)  # both connections busy
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+            sandbox.faults()
+            # Both pooled connections were released: two more calls go through at once.
+            found = await asyncio.wait_for(
+                asyncio.gather(*(client.participants.get_by_email(f"{n}@b.co") for n in range(2))), 5
+            )
+    assert found == [None, None]
+
+
+async def test_per_call_options_do_not_need_a_new_client(clock: FakeClock) -> None:
+    seen: list[float | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"]["read"])
+        return httpx.Response(503)
+
+    client = AsyncClient(
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        passphrase=PASSPHRASE,
+        transport=httpx.MockTransport(answer),
+        clock=clock,
+    )
+    async with client:
+        with pytest.raises(ServerError) as caught:
+            await client.customers.create(customer_wire(), timeout=1.5, max_retries=1)
+    assert caught.value.attempts == 2
+    assert seen == [1.5, 1.5]
