@@ -59,9 +59,11 @@ class AsyncClient:
 
     Hold one per event loop (in a web app, one for the app's lifespan) and
     close it with ``async with`` or :meth:`aclose`; it is safe to share
-    between tasks. Pass ``http_client=`` to bring your own ``httpx.AsyncClient``
-    (you then close it); otherwise the client makes and closes its own, over
-    ``transport=`` if given (an ``httpx.AsyncBaseTransport``).
+    between tasks. It sends through aiohttp where installed (the ``speed``
+    extra; ``http_backend="httpx"`` to opt out), else httpx's transport. Pass
+    ``transport=`` (any ``httpx.AsyncBaseTransport``, called directly and closed
+    with the client) or ``http_client=`` (your ``httpx.AsyncClient``, which you
+    close) to choose the HTTP layer yourself.
 
     ``request_ids`` picks how a write's request_id is chosen when you do not
     pin one: ``"derived"`` (default; from the operation itself, so retries,
