@@ -10,7 +10,6 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 API_KEY = "sandbox-key"
@@ -73,10 +72,3 @@ def machine() -> str:
 
 def verdict(ok: bool) -> str:
     return "holds" if ok else "MISSED"
-
-
-def timed(function: Callable[[], Any]) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    function()
-    return time.perf_counter() - wall, time.process_time() - cpu

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ._common import machine, verdict
+from .bulk import CONCURRENCY
 
 SDK = "SDK (default)"
 AIOHTTP = "hand-written aiohttp"
@@ -99,28 +101,15 @@ def markdown(results: dict[str, Any], *, smoke: bool) -> str:
         "",
         "Creates per second, and this process's CPU time per create (the client's cost alone).",
         "",
-        "| client | " + " | ".join(f"c={c}" for c in tp["concurrencies"]) + " |",
-        "|---|" + "---|" * len(tp["concurrencies"]),
     ]
-    for name, row in tp["table"].items():
-        cells = [f"{row[c]['rate']:,.0f}/s ({row[c]['cpu_ms']:.2f} ms)" for c in tp["concurrencies"]]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Ratio of each client to hand-written aiohttp:",
-        "",
-        "| client | " + " | ".join(f"c={c}" for c in tp["concurrencies"]) + " |",
-        "|---|" + "---|" * len(tp["concurrencies"]),
-    ]
-    base = tp["table"][AIOHTTP]
-    for name, row in tp["table"].items():
-        cells = [f"{row[c]['rate'] / base[c]['rate']:.2f}x" for c in tp["concurrencies"]]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _by_concurrency(tp, lambda cell, _: f"{cell['rate']:,.0f}/s ({cell['cpu_ms']:.2f} ms)")
+    lines += ["", "Ratio of each client to hand-written aiohttp:", ""]
+    lines += _by_concurrency(tp, lambda cell, base: f"{cell['rate'] / base['rate']:.2f}x")
     lines += [
         "",
         "![throughput against concurrency](throughput.png)",
         "",
-        f"## 3. Bulk engine ({bulk['operations']:,} creates, concurrency {32}, instant transport,"
+        f"## 3. Bulk engine ({bulk['operations']:,} creates, concurrency {CONCURRENCY}, instant transport,"
         f" median of {bulk['repeats']} alternating repeats)",
         "",
         "| journal | operations/s |",
@@ -145,6 +134,21 @@ def markdown(results: dict[str, Any], *, smoke: bool) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _by_concurrency(
+    tp: dict[str, Any], cell: Callable[[dict[str, float], dict[str, float]], str]
+) -> list[str]:
+    """A table, a row per client and a column per concurrency; ``cell(figure, aiohttp's figure)``."""
+    concurrencies = tp["concurrencies"]
+    lines = [
+        "| client | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
+        "|---|" + "---|" * len(concurrencies),
+    ]
+    base = tp["table"][AIOHTTP]
+    for name, row in tp["table"].items():
+        lines.append(f"| {name} | " + " | ".join(cell(row[c], base[c]) for c in concurrencies) + " |")
+    return lines
 
 
 def plot(throughput: dict[str, Any], path: Path) -> None:

@@ -52,12 +52,13 @@ class Transport:
         on_retry: Callable[[RetryEvent], None] | None = None,
         limiter: RateLimiter | None = None,
         quota: RetryQuota | None = None,
+        user_agent: str = "ndax-async",
     ) -> None:
         self.limiter = limiter
         self.quota = quota
         self.sender = sender
         self.closed = False
-        self.user_agent = "ndax-async"
+        self.user_agent = user_agent
         self.credentials = credentials
         self.base_url = base_url
         self.clock = clock

@@ -128,8 +128,8 @@ class AsyncClient:
             if rate_limit
             else None,
             quota=retry_quota,
+            user_agent=f"ndax-async/{__version__}",
         )
-        self._transport.user_agent = f"ndax-async/{__version__}"
         self._closed = False
         self.customers = Customers(self)
         self.participants = Participants(self)
@@ -598,10 +598,10 @@ def _sender(
         return HttpxClientSender(http_client)
     if transport is not None:
         return HttpxTransportSender(transport)
-    if backend == "aiohttp" or (backend == "auto" and aiohttp_available()):
-        if not aiohttp_available():
-            raise ConfigurationError("http_backend='aiohttp' needs aiohttp: pip install 'ndax-async[speed]'")
+    if backend != "httpx" and aiohttp_available():
         return AiohttpSender(max_connections, verify=verify)
+    if backend == "aiohttp":
+        raise ConfigurationError("http_backend='aiohttp' needs aiohttp: pip install 'ndax-async[speed]'")
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     return HttpxTransportSender(httpx.AsyncHTTPTransport(limits=limits, verify=verify))
 
