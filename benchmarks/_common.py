@@ -10,6 +10,7 @@ import os
 import platform
 import statistics
 import time
+import uuid
 from typing import Any
 
 API_KEY = "sandbox-key"
@@ -56,6 +57,15 @@ def sign_headers(body: bytes, method: str = "POST", route: str = CREATE_ROUTE) -
 def encode(payload: dict[str, Any]) -> bytes:
     """The hand-written encoding: compact JSON, as JSON.stringify writes this payload."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def hand_written_body(n: int, tag: str = "bench") -> bytes:
+    """What a careful hand-written client posts: the SDK's wire body, with a random request_id.
+
+    The request_id is there because the API only makes a retried create safe
+    with one, and so that the server does the same work for every client.
+    """
+    return encode({"request_id": str(uuid.uuid4()), **customer(n, tag)})
 
 
 def median(values: list[float]) -> float:

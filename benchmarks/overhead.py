@@ -2,9 +2,10 @@
 
 Both run over the same in-process transport that answers instantly, so the
 figure is pure client CPU: encoding, signing, the HTTP client's own work,
-parsing. The hand-written call encodes with ``json.dumps``, signs with
-``hmac`` and parses with ``response.json()``; the SDK also validates (for a
-mapping input), derives the request_id and reads a typed record.
+parsing. The hand-written call builds the same wire body (with a random
+request_id), encodes it with ``json.dumps``, signs with ``hmac`` and parses
+with ``response.json()``; the SDK also validates (for a mapping input), derives
+the request_id and reads a typed record.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import httpx
 
 from ndax_async import AsyncClient, NewCustomer
 
-from ._common import API_KEY, API_SECRET, CREATE_ROUTE, PASSPHRASE, customer, encode, median, sign_headers
+from ._common import (
+    API_KEY,
+    API_SECRET,
+    CREATE_ROUTE,
+    PASSPHRASE,
+    customer,
+    hand_written_body,
+    median,
+    sign_headers,
+)
 
 BASE_URL = "https://api.ndax.in"
 
@@ -36,11 +46,10 @@ class InstantTransport(httpx.AsyncBaseTransport):
 
 
 async def _hand_written(calls: int) -> float:
-    payloads = [customer(n, "hand") for n in range(calls)]
     async with httpx.AsyncClient(transport=InstantTransport(), base_url=BASE_URL) as http:
         started = time.perf_counter()
-        for payload in payloads:
-            body = encode(payload)
+        for n in range(calls):
+            body = hand_written_body(n, "hand")
             response = await http.post(CREATE_ROUTE, content=body, headers=sign_headers(body))
             response.raise_for_status()
             response.json()

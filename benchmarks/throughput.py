@@ -4,10 +4,15 @@ Five clients at each concurrency, each posting unique, signed creates for a
 fixed time: the SDK as a user gets it by default (its own aiohttp sender), the
 SDK on httpx's default transport, the SDK on the ``httpx-aiohttp`` package's
 transport (the alternative we measured against our sender), hand-written httpx
-and hand-written aiohttp. Client CPU per request
-(this process's CPU time over requests done) is reported beside the rate: on a
-2-core machine the server shares the CPU, so the rate alone can hide a client's
-cost.
+and hand-written aiohttp.
+
+The SDK clients are built with their defaults, so at concurrency 256 tasks
+share the SDK's default pool (``DEFAULT_MAX_CONNECTIONS``). The hand-written
+clients get the same pool, one connection per task up to that size, and post
+the same wire body (request_id included), so the server does the same work for
+every client. Client CPU per request (this process's CPU time over requests
+done) is reported beside the rate: on a 2-core machine the server shares the
+CPU, so the rate alone can hide a client's cost.
 """
 
 from __future__ import annotations
@@ -24,8 +29,18 @@ from typing import Any
 import httpx
 
 from ndax_async import AsyncClient, NewCustomer
+from ndax_async.client import DEFAULT_MAX_CONNECTIONS
 
-from ._common import API_KEY, API_SECRET, CREATE_ROUTE, PASSPHRASE, customer, encode, median, sign_headers
+from ._common import (
+    API_KEY,
+    API_SECRET,
+    CREATE_ROUTE,
+    PASSPHRASE,
+    customer,
+    hand_written_body,
+    median,
+    sign_headers,
+)
 
 CLIENTS = (
     "SDK (default)",
@@ -54,16 +69,21 @@ def sandbox_process() -> Iterator[str]:
         process.wait(10)
 
 
-def _sdk_client(base_url: str, concurrency: int, backend: str, **options: Any) -> AsyncClient:
+def _sdk_client(base_url: str, backend: str, **options: Any) -> AsyncClient:
+    """An SDK client as a user makes it: defaults for everything but the backend."""
     return AsyncClient(
         api_key=API_KEY,
         api_secret=API_SECRET,
         passphrase=PASSPHRASE,
         base_url=base_url,
-        max_connections=concurrency,
         http_backend=backend,  # type: ignore[arg-type]
         **options,
     )
+
+
+def _pool(concurrency: int) -> int:
+    """Connections for a hand-written client: one per task, up to the SDK's default pool."""
+    return min(concurrency, DEFAULT_MAX_CONNECTIONS)
 
 
 @contextlib.asynccontextmanager
@@ -72,9 +92,10 @@ async def _sender(name: str, base_url: str, concurrency: int, tag: str) -> Any:
     if name == "SDK on httpx-aiohttp transport":
         from httpx_aiohttp import AiohttpTransport
 
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        pool = DEFAULT_MAX_CONNECTIONS  # what the SDK would give its own transport
+        limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
         options: dict[str, Any] = {"transport": AiohttpTransport(limits=limits)}
-        async with _sdk_client(base_url, concurrency, "httpx", **options) as client:
+        async with _sdk_client(base_url, "httpx", **options) as client:
 
             async def send_sdk_over(n: int) -> None:
                 await client.customers.create(NewCustomer(**customer(n, tag)))
@@ -82,18 +103,20 @@ async def _sender(name: str, base_url: str, concurrency: int, tag: str) -> Any:
             yield send_sdk_over
     elif name.startswith("SDK"):
         backend = "auto" if name == "SDK (default)" else "httpx"
-        async with _sdk_client(base_url, concurrency, backend) as client:
+        async with _sdk_client(base_url, backend) as client:
 
             async def send_sdk(n: int) -> None:
                 await client.customers.create(NewCustomer(**customer(n, tag)))
 
             yield send_sdk
     elif name == "hand-written httpx":
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        limits = httpx.Limits(
+            max_connections=_pool(concurrency), max_keepalive_connections=_pool(concurrency)
+        )
         async with httpx.AsyncClient(base_url=base_url, limits=limits) as http:
 
             async def send_httpx(n: int) -> None:
-                body = encode(customer(n, tag))
+                body = hand_written_body(n, tag)
                 response = await http.post(CREATE_ROUTE, content=body, headers=sign_headers(body))
                 response.raise_for_status()
                 response.json()
@@ -102,11 +125,11 @@ async def _sender(name: str, base_url: str, concurrency: int, tag: str) -> Any:
     else:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(limit=concurrency)
+        connector = aiohttp.TCPConnector(limit=_pool(concurrency))
         async with aiohttp.ClientSession(base_url, connector=connector) as session:
 
             async def send_aiohttp(n: int) -> None:
-                body = encode(customer(n, tag))
+                body = hand_written_body(n, tag)
                 async with session.post(CREATE_ROUTE, data=body, headers=sign_headers(body)) as response:
                     response.raise_for_status()
                     await response.json()

@@ -44,7 +44,7 @@ CALL_DEADLINE = float(os.environ.get("SIGNUP_NDAX_DEADLINE", "10"))
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """One client for the app's lifetime, closed (with its pool) at shutdown."""
     async with AsyncClient.from_env(
-        max_connections=int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "100"))
+        max_connections=int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "64"))
     ) as ndax:
         app.state.ndax = ndax
         yield

@@ -201,21 +201,23 @@ def _scalar(value: Any) -> str | float | None:
     return None
 
 
-_READERS: dict[str, Callable[[Any], Any]] = {
-    "str | None": _text,
-    "int | None": _integer,
-    "bool | None": _boolean,
-    "dict[str, Any] | None": _object,
-    "str | float | None": _scalar,
+# Per field type: the type most values already have (kept as they are) and the
+# reader for anything else.
+_READERS: dict[str, tuple[type[Any], Callable[[Any], Any]]] = {
+    "str | None": (str, _text),
+    "int | None": (int, _integer),
+    "bool | None": (bool, _boolean),
+    "dict[str, Any] | None": (dict, _object),
+    "str | float | None": (str, _scalar),
 }
 _NOT_READ = {"raw", "attempts", "request_id"}
 _ALIASES: dict[type[Any], dict[str, str]] = {Minor: {"non_in_other_type": "non_us_other_type"}}
-_Table = tuple[tuple[str, Callable[[Any], Any]], ...]
+_Table = tuple[tuple[str, type[Any], Callable[[Any], Any]], ...]
 
 
 def _reader_table(cls: type[Any]) -> _Table:
     return tuple(
-        (field.name, _READERS[str(field.type)]) for field in attrs.fields(cls) if field.name not in _NOT_READ
+        (field.name, *_READERS[str(field.type)]) for field in attrs.fields(cls) if field.name not in _NOT_READ
     )
 
 
@@ -224,7 +226,12 @@ _TABLES: dict[type[Any], _Table] = {cls: _reader_table(cls) for cls in (Customer
 
 def read_record(data: Mapping[str, Any], cls: type[RecordT], **extra: Any) -> RecordT:
     """Read a record from a response mapping; never fails on odd values."""
-    values = {name: read(data.get(name)) for name, read in _TABLES[cls]}
+    get = data.get
+    values: dict[str, Any] = {}
+    for name, usual, read in _TABLES[cls]:
+        value = get(name)
+        # ``type() is``, not isinstance: a bool must not pass as an int.
+        values[name] = value if value is None or type(value) is usual else read(value)
     for alias, name in _ALIASES.get(cls, {}).items():
         if values.get(name) is None and alias in data:
             values[name] = _text(data[alias])

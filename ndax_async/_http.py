@@ -20,6 +20,7 @@ do not depend on the backend.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -140,7 +141,9 @@ class AiohttpSender:
         self._session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._errors = _aiohttp_error_map(aiohttp)
-        self._timeouts: dict[float | None, Any] = {}
+        # Timeouts by value, made once: the client's default and per-call
+        # values repeat, but a deadline's remaining time never does, so bounded.
+        self._timeouts = functools.lru_cache(maxsize=64)(self._timeout)
 
     def _session_for_this_loop(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -167,11 +170,7 @@ class AiohttpSender:
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float | None
     ) -> RawResponse:
         session = self._session_for_this_loop()
-        limits = self._timeouts.get(timeout)
-        if limits is None:
-            limits = self._timeouts[timeout] = self._aiohttp.ClientTimeout(
-                total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
-            )
+        limits = self._timeouts(timeout)
         try:
             async with session.request(
                 method, url, data=body, headers=headers, timeout=limits, allow_redirects=False
@@ -182,6 +181,11 @@ class AiohttpSender:
             raise self._mapped(error) from error
         except asyncio.TimeoutError as error:
             raise httpx.ReadTimeout(str(error) or "timed out") from error
+
+    def _timeout(self, seconds: float | None) -> Any:
+        return self._aiohttp.ClientTimeout(
+            total=None, connect=seconds, sock_connect=seconds, sock_read=seconds
+        )
 
     def _mapped(self, error: Exception) -> httpx.TransportError:
         for source, target in self._errors:

@@ -40,12 +40,9 @@ def derive_request_id(method: str, route: str, payload: bytes, namespace: str = 
 
     ``payload`` is the canonical JSON of the body *without* ``request_id``.
     """
-    digest = hashlib.sha256()
-    for part in (namespace.encode(), method.encode(), route.encode()):
-        digest.update(len(part).to_bytes(4, "big"))
-        digest.update(part)
-    digest.update(payload)
-    return _as_uuid4(digest.digest()[:16])
+    parts = (namespace.encode(), method.encode(), route.encode())
+    head = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    return _as_uuid4(hashlib.sha256(head + payload).digest()[:16])
 
 
 def key_to_request_id(key: str, namespace: str = "") -> str:
@@ -58,8 +55,14 @@ def random_request_id() -> str:
     return _as_uuid4(os.urandom(16))
 
 
+# The variant nibble of a UUID: its top two bits forced to 10 (RFC 4122).
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def _as_uuid4(raw: bytes) -> str:
-    return str(uuid.UUID(bytes=raw, version=4))
+    """What ``str(uuid.UUID(bytes=raw, version=4))`` gives, without building a UUID."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def normalize_request_id(value: object) -> str | None:

@@ -45,10 +45,11 @@ def dumps(value: Any) -> bytes:
     if _stringify_agrees(value):
         # No float, no unsafe integer, no key starting with a digit: here the C
         # encoder writes what JSON.stringify writes, unless a string holds a
-        # surrogate (checked on its output).
-        text: str = _C_ENCODER.encode(value)
-        if _SURROGATE.search(text) is None:
-            return text.encode("utf-8")
+        # surrogate, which UTF-8 cannot encode.
+        try:
+            return _C_ENCODER.encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            pass
     parts: list[str] = []
     _encode(value, parts.append)
     return "".join(parts).encode("utf-8")
@@ -62,7 +63,9 @@ def _stringify_agrees(value: Any) -> bool:
         return bool(-_MAX_SAFE_INTEGER < value < _MAX_SAFE_INTEGER)
     if kind is dict:
         for key, item in value.items():
-            if type(key) is not str or key[:1] in _DIGITS or not _stringify_agrees(item):
+            if type(key) is not str or key[:1] in _DIGITS:
+                return False
+            if type(item) is not str and not _stringify_agrees(item):  # most values are strings
                 return False
         return True
     if kind is list or kind is tuple:

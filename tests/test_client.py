@@ -306,6 +306,26 @@ async def test_aiohttp_client_is_bound_to_its_event_loop() -> None:
         await client.aclose()
 
 
+async def test_deadline_timeouts_do_not_pile_up_in_the_aiohttp_sender() -> None:
+    # With a deadline under the timeout, each attempt's timeout is the time left: a new value each
+    # time; the sender's cache of aiohttp timeout objects must stay bounded.
+    from ndax_async._http import AiohttpSender
+    from ndax_async.testing import Sandbox, SandboxServer
+
+    sandbox = Sandbox()
+    with SandboxServer(sandbox) as server:
+        async with AsyncClient(
+            **sandbox.credentials, base_url=server.base_url, http_backend="aiohttp", deadline=20
+        ) as client:
+            for n in range(100):
+                await client.customers.create(customer_wire(email=f"deadline-{n}@mail.com"))
+            sender = client._sender
+            assert isinstance(sender, AiohttpSender)
+            cache = sender._timeouts.cache_info()
+    assert cache.misses > 64  # (nearly) a new timeout per attempt...
+    assert cache.currsize <= 64  # ...but only the latest kept
+
+
 @pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
 async def test_a_cancelled_call_leaves_the_pool_usable(backend: str) -> None:
     from ndax_async.testing import Faults, Sandbox, SandboxServer
