@@ -49,6 +49,7 @@ CLIENTS = (
     "hand-written httpx",
     "hand-written aiohttp",
 )
+BASELINE = "hand-written aiohttp"
 Send = Callable[[int], Awaitable[None]]
 
 
@@ -158,23 +159,45 @@ async def _measure(name: str, base_url: str, concurrency: int, seconds: float, t
 
 
 def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[str, Any]:
-    """Median creates/s and client CPU ms per create, per client and concurrency."""
-    samples: dict[tuple[str, int], list[dict[str, float]]] = {}
-    with sandbox_process() as base_url:
-        for repeat in range(repeats):
-            for concurrency in concurrencies:
-                for name in CLIENTS:  # alternate clients within each repeat
-                    tag = f"r{repeat}-c{concurrency}-{CLIENTS.index(name)}"
+    """Creates/s and client CPU ms per create, per client and concurrency, with paired ratios.
+
+    Every cell gets a fresh sandbox process, so no client meets a server
+    holding more records than another did. ``ratio`` is each client's rate over
+    hand-written aiohttp's in the same repeat (medians of those), and ``vs_16``
+    each client's rate over its own at concurrency 16 in the same repeat.
+    """
+    rates: dict[tuple[str, int], list[float]] = {}
+    cpus: dict[tuple[str, int], list[float]] = {}
+    for repeat in range(repeats):
+        for concurrency in concurrencies:
+            for name in CLIENTS:  # alternate clients within each repeat
+                tag = f"r{repeat}-c{concurrency}-{CLIENTS.index(name)}"
+                with sandbox_process() as base_url:
                     figure = asyncio.run(_measure(name, base_url, concurrency, seconds, tag))
-                    samples.setdefault((name, concurrency), []).append(figure)
+                rates.setdefault((name, concurrency), []).append(figure["rate"])
+                cpus.setdefault((name, concurrency), []).append(figure["cpu_ms"])
+
+    def paired(name: str, concurrency: int, base: tuple[str, int]) -> float:
+        pairs = zip(rates[(name, concurrency)], rates[base], strict=True)
+        return median([value / baseline for value, baseline in pairs])
+
     table = {
         name: {
-            concurrency: {
-                "rate": median([s["rate"] for s in samples[(name, concurrency)]]),
-                "cpu_ms": median([s["cpu_ms"] for s in samples[(name, concurrency)]]),
-            }
-            for concurrency in concurrencies
+            c: {"rate": median(rates[(name, c)]), "cpu_ms": median(cpus[(name, c)])} for c in concurrencies
         }
         for name in CLIENTS
     }
-    return {"seconds": seconds, "repeats": repeats, "concurrencies": list(concurrencies), "table": table}
+    ratio = {name: {c: paired(name, c, (BASELINE, c)) for c in concurrencies} for name in CLIENTS}
+    vs_16 = (
+        {name: {c: paired(name, c, (name, 16)) for c in concurrencies} for name in CLIENTS}
+        if 16 in concurrencies
+        else {}
+    )
+    return {
+        "seconds": seconds,
+        "repeats": repeats,
+        "concurrencies": list(concurrencies),
+        "table": table,
+        "ratio": ratio,
+        "vs_16": vs_16,
+    }

@@ -20,7 +20,6 @@ do not depend on the backend.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ssl
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -60,7 +59,11 @@ class RawResponse:
 
 
 class Sender(Protocol):
-    """Sends one attempt; raises an ``httpx.TransportError`` when no response came."""
+    """Sends one attempt; raises an ``httpx.TransportError`` when no response came.
+
+    The transport bounds each attempt by its timeout as a whole; a sender may
+    also use ``timeout`` for its own phases (httpx's connect, read, write, pool).
+    """
 
     async def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float | None
@@ -141,9 +144,6 @@ class AiohttpSender:
         self._session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._errors = _aiohttp_error_map(aiohttp)
-        # Timeouts by value, made once: the client's default and per-call
-        # values repeat, but a deadline's remaining time never does, so bounded.
-        self._timeouts = functools.lru_cache(maxsize=64)(self._timeout)
 
     def _session_for_this_loop(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -169,11 +169,12 @@ class AiohttpSender:
     async def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float | None
     ) -> RawResponse:
+        # ``timeout`` is enforced around the whole attempt by the transport
+        # (one timer per attempt); the session itself sets no timers.
         session = self._session_for_this_loop()
-        limits = self._timeouts(timeout)
         try:
             async with session.request(
-                method, url, data=body, headers=headers, timeout=limits, allow_redirects=False
+                method, url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 content = await response.read()
                 return RawResponse(response.status, response.headers, content)
@@ -181,11 +182,6 @@ class AiohttpSender:
             raise self._mapped(error) from error
         except asyncio.TimeoutError as error:
             raise httpx.ReadTimeout(str(error) or "timed out") from error
-
-    def _timeout(self, seconds: float | None) -> Any:
-        return self._aiohttp.ClientTimeout(
-            total=None, connect=seconds, sock_connect=seconds, sock_read=seconds
-        )
 
     def _mapped(self, error: Exception) -> httpx.TransportError:
         for source, target in self._errors:

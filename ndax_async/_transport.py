@@ -10,9 +10,11 @@ once (it is never classified as retryable).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email.utils
 import logging
+import sys
 from collections.abc import Callable
 
 import httpx
@@ -24,6 +26,11 @@ from ._http import RawResponse, Sender
 from ._limits import RateLimiter, RetryQuota
 from ._retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
 from .errors import ClientClosedError, ConnectError, RequestTimeout, TransportError
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as attempt_timeout
+else:  # Python 3.10
+    from async_timeout import timeout as attempt_timeout
 
 __all__ = ["Transport"]
 
@@ -200,9 +207,12 @@ class _Call:
                 "%s %s attempt %d request_id=%s", self.method, self.route, self.attempts, self.request_id
             )
         try:
-            response = await transport.sender.send(self.method, self.url, headers, self.body, timeout)
+            async with attempt_timeout(timeout):  # the whole attempt, pool wait to last byte
+                response = await transport.sender.send(self.method, self.url, headers, self.body, timeout)
         except httpx.TransportError as error:
             return Outcome(error=error)
+        except asyncio.TimeoutError:
+            return Outcome(error=httpx.ReadTimeout(f"no complete response within {timeout:g}s"))
         if response.status_code == 429:
             pause = parse_retry_after(response.headers.get("retry-after"), transport.clock.time())
             limit = self.policy.rate_limit_pause if pause is None else pause

@@ -28,7 +28,7 @@ from ndax_async import (
 from ndax_async._auth import Credentials
 from ndax_async._convert import to_wire
 from ndax_async._json import dumps
-from ndax_async.errors import ServerError
+from ndax_async.errors import RequestTimeout, ServerError
 from ndax_async.testing import FakeClock
 
 from .helpers import API_KEY, API_SECRET, BASE_URL, PASSPHRASE, customer_wire, minor_wire
@@ -306,24 +306,24 @@ async def test_aiohttp_client_is_bound_to_its_event_loop() -> None:
         await client.aclose()
 
 
-async def test_deadline_timeouts_do_not_pile_up_in_the_aiohttp_sender() -> None:
-    # With a deadline under the timeout, each attempt's timeout is the time left: a new value each
-    # time; the sender's cache of aiohttp timeout objects must stay bounded.
-    from ndax_async._http import AiohttpSender
-    from ndax_async.testing import Sandbox, SandboxServer
+@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
+async def test_timeout_bounds_a_whole_attempt_and_a_resend_replays(backend: str) -> None:
+    from ndax_async.testing import Faults, Sandbox, SandboxServer
 
-    sandbox = Sandbox()
+    # Every response is held 1 s after the create is committed: the attempt
+    # times out although the create took effect.
+    sandbox = Sandbox(faults=Faults(slow_after=1.0, slow_seconds=1.0))
     with SandboxServer(sandbox) as server:
-        async with AsyncClient(
-            **sandbox.credentials, base_url=server.base_url, http_backend="aiohttp", deadline=20
-        ) as client:
-            for n in range(100):
-                await client.customers.create(customer_wire(email=f"deadline-{n}@mail.com"))
-            sender = client._sender
-            assert isinstance(sender, AiohttpSender)
-            cache = sender._timeouts.cache_info()
-    assert cache.misses > 64  # (nearly) a new timeout per attempt...
-    assert cache.currsize <= 64  # ...but only the latest kept
+        options: dict[str, Any] = {**sandbox.credentials, "base_url": server.base_url}
+        async with AsyncClient(**options, http_backend=backend) as client:  # type: ignore[arg-type]
+            with pytest.raises(RequestTimeout, match=r"within 0\.1s") as caught:
+                await client.customers.create(customer_wire(), timeout=0.1, max_retries=0)
+            assert caught.value.attempts == 1
+            sandbox.faults()
+            customer = await client.customers.create(customer_wire())  # same operation, same request_id
+    assert sandbox.stats["creations"] == 1
+    assert sandbox.stats["replays"] == 1
+    assert customer.email == customer_wire()["email"]
 
 
 @pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
