@@ -141,19 +141,22 @@ async def _sender(name: str, base_url: str, concurrency: int, tag: str) -> Any:
 async def _measure(name: str, base_url: str, concurrency: int, seconds: float, tag: str) -> dict[str, float]:
     async with _sender(name, base_url, concurrency, tag) as send:
         counter = iter(range(10**9))
-        for _ in range(min(concurrency, 32)):  # warm the pool
-            await send(next(counter))
         done = 0
-        deadline = time.perf_counter() + seconds
 
-        async def worker() -> None:
+        async def worker(until: float) -> None:
             nonlocal done
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < until:
                 await send(next(counter))
                 done += 1
 
+        async def run_for(period: float) -> None:
+            until = time.perf_counter() + period
+            await asyncio.gather(*(worker(until) for _ in range(concurrency)))
+
+        await run_for(min(0.3, seconds / 4))  # warm-up: every pooled connection opened
+        done = 0
         wall, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await run_for(seconds)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"rate": done / wall, "cpu_ms": cpu / done * 1e3 if done else float("nan")}
 
@@ -200,4 +203,5 @@ def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[st
         "table": table,
         "ratio": ratio,
         "vs_16": vs_16,
+        "samples": {f"{name} @ {c}": rates[(name, c)] for name, c in rates},
     }

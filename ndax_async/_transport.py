@@ -187,7 +187,8 @@ class _Call:
         remaining = self._remaining()
         if remaining is not None and transport.pause.remaining >= remaining:
             return Outcome(error=_DeadlineExceeded())  # the shared 429 pause outlasts the deadline
-        await transport.pause.wait()
+        if transport.pause.active:
+            await transport.pause.wait()
         if transport.limiter is not None:
             await transport.limiter.acquire()
         timeout = self.timeout
