@@ -173,11 +173,6 @@ class RateLimitPause:
         self._until = 0.0
 
     @property
-    def active(self) -> bool:
-        """True while a pause is in force."""
-        return self._until > 0 and self._clock.monotonic() < self._until
-
-    @property
     def remaining(self) -> float:
         """Seconds until requests may flow again (0 when not paused)."""
         return max(0.0, self._until - self._clock.monotonic())

@@ -187,7 +187,7 @@ class _Call:
         remaining = self._remaining()
         if remaining is not None and transport.pause.remaining >= remaining:
             return Outcome(error=_DeadlineExceeded())  # the shared 429 pause outlasts the deadline
-        if transport.pause.active:
+        if transport.pause.remaining > 0:  # no coroutine when no pause is in force
             await transport.pause.wait()
         if transport.limiter is not None:
             await transport.limiter.acquire()
