@@ -32,6 +32,8 @@ class Credentials:
         for name, value in (("api_key", api_key), ("api_secret", api_secret), ("passphrase", passphrase)):
             if not isinstance(value, str) or not value:
                 raise ConfigurationError(f"{name} is required (a non-empty string)")
+            if not (value.isascii() and value.isprintable()):  # it travels in a header
+                raise ConfigurationError(f"{name} must be printable ASCII (no line breaks)")
         try:
             key = base64.b64decode(api_secret.strip(), validate=True)
         except (binascii.Error, ValueError):

@@ -1,14 +1,16 @@
-"""How one attempt's bytes reach the server: a small interface over three senders.
+"""How one attempt's bytes reach the server: a small interface over four senders.
 
 The transport (:mod:`._transport`) needs only "send these bytes, give me the
 status, headers and body". :class:`Sender` is that, and the SDK picks one:
 
-- :class:`AiohttpSender` (default when ``aiohttp`` is installed, the
-  ``ndax-async[speed]`` extra): an ``aiohttp`` session used directly. httpx's
-  client and connection pool cost several times more CPU per request than
-  aiohttp's, and more the higher the concurrency (see ``benchmarks/``).
-- :class:`HttpxTransportSender` (``transport=``, or the default without
-  aiohttp): any ``httpx.AsyncBaseTransport``, called directly. Mock and
+- :class:`~ndax_async._http1.BuiltinSender` (the default): the SDK's own small
+  HTTP/1.1 client, the least client CPU per request of all (see ``benchmarks/``).
+- :class:`AiohttpSender` (``http_backend="aiohttp"``, the ``aiohttp`` extra):
+  an ``aiohttp`` session used directly. httpx's client and connection pool
+  cost several times more CPU per request than aiohttp's, and more the higher
+  the concurrency.
+- :class:`HttpxTransportSender` (``transport=``, or ``http_backend="httpx"``
+  with httpx's own transport): any ``httpx.AsyncBaseTransport``, called directly. Mock and
   in-process transports work unchanged.
 - :class:`HttpxClientSender` (``http_client=``): your ``httpx.AsyncClient``,
   with its hooks, proxies and auth, through its ``request()``.
@@ -34,7 +36,6 @@ __all__ = [
     "HttpxTransportSender",
     "RawResponse",
     "Sender",
-    "aiohttp_available",
 ]
 
 
@@ -114,15 +115,6 @@ class HttpxTransportSender:
 
     async def aclose(self) -> None:
         await self.transport.aclose()
-
-
-def aiohttp_available() -> bool:
-    """True when ``aiohttp`` can be imported (the ``speed`` extra)."""
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class AiohttpSender:

@@ -228,6 +228,10 @@ def test_configuration_errors() -> None:
         AsyncClient(api_key="k", api_secret="not base64!!", passphrase="p")
     with pytest.raises(ConfigurationError, match="api_key"):
         AsyncClient(api_key="", api_secret=API_SECRET, passphrase="p")
+    with pytest.raises(ConfigurationError, match="passphrase must be printable ASCII"):
+        AsyncClient(api_key="k", api_secret=API_SECRET, passphrase="p\r\nX-Injected: 1")
+    with pytest.raises(ConfigurationError, match="http_backend"):
+        AsyncClient(api_key="k", api_secret=API_SECRET, passphrase="p", http_backend="curl")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="plain http"):
         AsyncClient(api_key="k", api_secret=API_SECRET, passphrase="p", base_url="http://api.example.com")
     AsyncClient(api_key="k", api_secret=API_SECRET, passphrase="p", base_url="http://127.0.0.1:8080")
@@ -290,12 +294,14 @@ async def test_closing_the_client_stops_a_call_that_is_waiting_to_retry(clock: F
         await call
 
 
-async def test_aiohttp_client_is_bound_to_its_event_loop() -> None:
+@pytest.mark.parametrize("backend", ["builtin", "aiohttp"])
+async def test_client_is_bound_to_its_event_loop(backend: str) -> None:
     from ndax_async.testing import Sandbox, SandboxServer
 
     sandbox = Sandbox()
     with SandboxServer(sandbox) as server:
-        client = AsyncClient(**sandbox.credentials, base_url=server.base_url, http_backend="aiohttp")
+        options: dict[str, Any] = {**sandbox.credentials, "base_url": server.base_url}
+        client = AsyncClient(**options, http_backend=backend)
         assert await client.participants.get_by_email("a@b.co") is None
 
         def elsewhere() -> None:
@@ -306,7 +312,7 @@ async def test_aiohttp_client_is_bound_to_its_event_loop() -> None:
         await client.aclose()
 
 
-@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("backend", ["builtin", "aiohttp", "httpx"])
 async def test_timeout_bounds_a_whole_attempt_and_a_resend_replays(backend: str) -> None:
     from ndax_async.testing import Faults, Sandbox, SandboxServer
 
@@ -326,7 +332,7 @@ async def test_timeout_bounds_a_whole_attempt_and_a_resend_replays(backend: str)
     assert customer.email == customer_wire()["email"]
 
 
-@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("backend", ["builtin", "aiohttp", "httpx"])
 async def test_a_cancelled_call_leaves_the_pool_usable(backend: str) -> None:
     from ndax_async.testing import Faults, Sandbox, SandboxServer
 

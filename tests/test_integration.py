@@ -22,7 +22,7 @@ from ndax_async.testing import Faults, Sandbox, SandboxServer
 from .helpers import customer_wire, minor_wire
 
 FULL = bool(os.environ.get("NDAX_FULL_TESTS"))
-BACKENDS = ["aiohttp", "httpx"]
+BACKENDS = ["builtin", "aiohttp", "httpx"]
 POLICY = RetryPolicy(backoff_initial=0.005, backoff_max=0.05, rate_limit_pause=0.01)
 
 

@@ -64,7 +64,7 @@ def test_credentials_cannot_be_pickled() -> None:
         pickle.dumps(Credentials(API_KEY, API_SECRET, PASSPHRASE))
 
 
-@pytest.mark.parametrize("backend", ["httpx", "aiohttp"])
+@pytest.mark.parametrize("backend", ["builtin", "httpx", "aiohttp"])
 def test_tls_verification_stays_on(backend: str) -> None:
     client = AsyncClient(
         api_key=API_KEY,
@@ -73,6 +73,6 @@ def test_tls_verification_stays_on(backend: str) -> None:
         http_backend=backend,  # type: ignore[arg-type]
     )
     sender = client._sender
-    context = sender.ssl_context if backend == "aiohttp" else sender.transport._pool._ssl_context  # type: ignore[attr-defined]
+    context = sender.transport._pool._ssl_context if backend == "httpx" else sender.ssl_context  # type: ignore[attr-defined]
     assert context.verify_mode.name == "CERT_REQUIRED"
     assert context.check_hostname

@@ -111,7 +111,8 @@ def test_signup_service_soak(tmp_path: Path) -> None:
     for participant in sandbox.participants.values():
         by_email.setdefault(participant["email"], []).append(participant)
     succeeded = [r for r in records if r.get("status") == 201]
-    assert len(succeeded) == len(records), [r for r in records if r.get("status") != 201][:3]
+    failed = [r for r in records if r.get("status") != 201]
+    assert len(succeeded) == len(records), (failed[:3], stderr[-3000:])
     for record in succeeded:
         matches = by_email.get(record["email"], [])
         assert len(matches) == 1, record  # exactly once at NDAX

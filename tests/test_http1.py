@@ -1,0 +1,356 @@
+"""The built-in HTTP/1.1 sender against a scripted loopback server.
+
+Each test's server answers with exact bytes, so the framing cases the sandbox
+never produces (chunked, gzip, read-until-close, 1xx, a close mid-response)
+are covered, along with pooling, limits, TLS and refusal of header injection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from ndax_async import _http1
+from ndax_async._http1 import BuiltinSender
+from ndax_async.errors import ClientClosedError
+
+Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
+
+
+class ScriptedServer:
+    """Reads whole requests and answers each with ``reply(request, writer)``."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.open_connections = 0
+        self.most_open = 0
+        self.closed_by_client = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open_connections += 1
+        self.most_open = max(self.most_open, self.open_connections)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    self.closed_by_client += 1
+                    return
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                request = head + await reader.readexactly(length)
+                self.requests.append(request)
+                await self.reply(request, writer)
+                if writer.is_closing():
+                    return
+        finally:
+            self.open_connections -= 1
+            writer.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Reply], Awaitable[ScriptedServer]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(reply: Reply, ssl_context: ssl.SSLContext | None = None) -> ScriptedServer:
+        scripted = ScriptedServer(reply)
+        scripted.server = await asyncio.start_server(scripted.handle, "127.0.0.1", 0, ssl=ssl_context)
+        servers.append(scripted.server)
+        return scripted
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def answer(raw: bytes, *, close: bool = False) -> Reply:
+    async def reply(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(raw)
+        await writer.drain()
+        if close:
+            writer.close()
+
+    return reply
+
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+
+async def post(sender: BuiltinSender, url: str, body: bytes | None = b'{"a":1}') -> Any:
+    return await sender.send("POST", url + "/p", {"X-Test": "1"}, body, None)
+
+
+async def test_request_bytes_are_exactly_what_the_transport_gave(serve: Any) -> None:
+    server = await serve(answer(OK))
+    sender = BuiltinSender(4)
+    response = await sender.send("POST", server.url + "/a/b?c=d", {"X-One": "1"}, b'{"k":"v"}', None)
+    await sender.aclose()
+    assert response.status_code == 200
+    assert response.content == b'{"ok":true}'
+    assert response.headers["content-type"] == "application/json"
+    host = server.url.removeprefix("http://")
+    expected = f'POST /a/b?c=d HTTP/1.1\r\nHost: {host}\r\nX-One: 1\r\nContent-Length: 9\r\n\r\n{{"k":"v"}}'
+    assert server.requests == [expected.encode()]
+
+
+async def test_a_get_carries_no_body_or_length(serve: Any) -> None:
+    server = await serve(answer(OK))
+    sender = BuiltinSender(4)
+    await sender.send("GET", server.url + "/x", {"Accept": "application/json"}, None, None)
+    await sender.aclose()
+    assert b"Content-Length" not in server.requests[0]
+    assert server.requests[0].startswith(b"GET /x HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize(
+    ("raw", "close"),
+    [
+        (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"ok\r\n7\r\n":true}\r\n0\r\n\r\n', 0),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b'{"ok":true}', 1),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(gzip.compress(b'{"ok":true}')), gzip.compress(b'{"ok":true}')),
+            0,
+        ),
+        (b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + OK, 0),
+    ],
+    ids=["chunked", "read-until-close", "gzip", "interim-1xx"],
+)
+async def test_every_response_framing_gives_the_same_body(serve: Any, raw: bytes, close: int) -> None:
+    server = await serve(answer(raw, close=bool(close)))
+    sender = BuiltinSender(4)
+    response = await post(sender, server.url)
+    await sender.aclose()
+    assert (response.status_code, response.content) == (200, b'{"ok":true}')
+
+
+async def test_keep_alive_reuses_one_connection(serve: Any) -> None:
+    server = await serve(answer(OK))
+    sender = BuiltinSender(4)
+    for _ in range(5):
+        assert (await post(sender, server.url)).status_code == 200
+    await sender.aclose()
+    assert server.connections == 1
+    assert len(server.requests) == 5
+
+
+async def test_connection_close_is_honoured(serve: Any) -> None:
+    raw = OK.replace(b"Content-Length", b"Connection: close\r\nContent-Length")
+    server = await serve(answer(raw, close=True))
+    sender = BuiltinSender(4)
+    for _ in range(3):
+        assert (await post(sender, server.url)).status_code == 200
+    await sender.aclose()
+    assert server.connections == 3
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused(serve: Any) -> None:
+    server = await serve(answer(OK, close=True))  # closes after answering, without saying so
+    sender = BuiltinSender(4)
+    assert (await post(sender, server.url)).status_code == 200
+    await asyncio.sleep(0.05)  # the FIN arrives while the connection is idle
+    assert (await post(sender, server.url)).status_code == 200
+    await sender.aclose()
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"partial',
+        b"HTTP/1.1 200 OK\r\nContent-Len",
+        b"",
+    ],
+    ids=["short-body", "short-head", "nothing"],
+)
+async def test_a_close_mid_response_is_a_remote_protocol_error(serve: Any, raw: bytes) -> None:
+    server = await serve(answer(raw, close=True))
+    sender = BuiltinSender(4)
+    with pytest.raises(httpx.RemoteProtocolError, match="closed the connection"):
+        await post(sender, server.url)
+    await sender.aclose()
+
+
+async def test_a_malformed_response_is_a_remote_protocol_error(serve: Any) -> None:
+    server = await serve(answer(b"NOT HTTP AT ALL\r\n\r\n"))
+    sender = BuiltinSender(4)
+    with pytest.raises(httpx.RemoteProtocolError, match="malformed HTTP response"):
+        await post(sender, server.url)
+    await sender.aclose()
+
+
+async def test_a_broken_gzip_body_is_a_decoding_error(serve: Any) -> None:
+    server = await serve(answer(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc"))
+    sender = BuiltinSender(4)
+    with pytest.raises(httpx.DecodingError, match="gzip"):
+        await post(sender, server.url)
+    await sender.aclose()
+
+
+async def test_an_oversized_body_is_refused(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_http1, "MAX_RESPONSE_BYTES", 100)
+    server = await serve(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n" + b"x" * 500))
+    sender = BuiltinSender(4)
+    with pytest.raises(httpx.RemoteProtocolError, match="over 100 bytes"):
+        await post(sender, server.url)
+    await sender.aclose()
+
+
+@pytest.mark.parametrize(
+    ("headers", "url_path"),
+    [({"X-Evil": "a\r\nX-Injected: 1"}, "/p"), ({"X-Evil": "a\nb"}, "/p"), ({}, "/p\r\nX-Injected: 1")],
+    ids=["crlf-in-value", "lf-in-value", "crlf-in-path"],
+)
+async def test_a_line_break_in_a_header_or_path_is_refused_before_sending(
+    serve: Any, headers: dict[str, str], url_path: str
+) -> None:
+    server = await serve(answer(OK))
+    sender = BuiltinSender(4)
+    with pytest.raises(ValueError, match="line break"):
+        await sender.send("GET", server.url + url_path, headers, None, None)
+    await sender.aclose()
+    assert server.requests == []
+
+
+async def test_a_non_ascii_path_is_percent_encoded(serve: Any) -> None:
+    server = await serve(answer(OK))
+    sender = BuiltinSender(4)
+    await sender.send("GET", server.url + "/participants/ÄB1", {}, None, None)
+    await sender.aclose()
+    assert server.requests[0].startswith(b"GET /participants/%C3%84B1 HTTP/1.1\r\n")
+
+
+async def test_at_most_max_connections_are_open_at_once(serve: Any) -> None:
+    async def slow(request: bytes, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.02)
+        writer.write(OK)
+
+    server = await serve(slow)
+    sender = BuiltinSender(2)
+    responses = await asyncio.gather(*(post(sender, server.url) for _ in range(10)))
+    await sender.aclose()
+    assert [r.status_code for r in responses] == [200] * 10
+    assert server.most_open == 2
+
+
+async def test_a_cancelled_request_closes_its_connection(serve: Any) -> None:
+    async def late(request: bytes, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.2)
+        writer.write(OK)
+
+    server = await serve(late)
+    sender = BuiltinSender(1)
+    call = asyncio.create_task(post(sender, server.url))
+    await asyncio.sleep(0.05)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.3)
+    assert server.closed_by_client == 1  # not returned to the pool half-read
+    assert (await post(sender, server.url)).status_code == 200  # and its slot is free again
+    await sender.aclose()
+
+
+async def test_aclose_closes_pooled_connections(serve: Any) -> None:
+    server = await serve(answer(OK))
+    sender = BuiltinSender(4)
+    await post(sender, server.url)
+    await sender.aclose()
+    await asyncio.sleep(0.05)
+    assert server.closed_by_client == 1
+    with pytest.raises(ClientClosedError):
+        await post(sender, server.url)
+
+
+async def test_a_refused_connection_is_a_connect_error(serve: Any) -> None:
+    server = await serve(answer(OK))
+    url = server.url
+    assert server.server is not None
+    server.server.close()
+    await server.server.wait_closed()
+    sender = BuiltinSender(4)
+    with pytest.raises(httpx.ConnectError, match="cannot connect"):
+        await post(sender, url)
+    await sender.aclose()
+
+
+def test_the_pool_is_bound_to_its_first_event_loop() -> None:
+    async def serve_and_send(sender: BuiltinSender) -> int:
+        server = await asyncio.start_server(ScriptedServer(answer(OK)).handle, "127.0.0.1", 0)
+        host, port = server.sockets[0].getsockname()[:2]
+        try:
+            return (await post(sender, f"http://{host}:{port}")).status_code  # type: ignore[no-any-return]
+        finally:
+            server.close()
+
+    sender = BuiltinSender(4)
+    assert asyncio.run(serve_and_send(sender)) == 200
+    with pytest.raises(ClientClosedError, match="bound to the event loop"):
+        asyncio.run(serve_and_send(sender))
+
+
+def test_it_runs_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[int]:
+        scripted = ScriptedServer(answer(OK))
+        server = await asyncio.start_server(scripted.handle, "127.0.0.1", 0)
+        host, port = server.sockets[0].getsockname()[:2]
+        sender = BuiltinSender(2)
+        try:
+            responses = await asyncio.gather(*(post(sender, f"http://{host}:{port}") for _ in range(6)))
+            return [response.status_code for response in responses]
+        finally:
+            await sender.aclose()
+            server.close()
+
+    assert uvloop.run(main()) == [200] * 6
+
+
+@pytest.fixture(scope="module")
+def certificate_authority() -> Any:
+    trustme = pytest.importorskip("trustme")
+    return trustme.CA()
+
+
+async def test_https_with_a_trusted_certificate(serve: Any, certificate_authority: Any) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate_authority.issue_cert("localhost").configure_cert(server_context)
+    server = await serve(answer(OK), server_context)
+    port = server.url.rsplit(":", 1)[1]
+    client_context = ssl.create_default_context()
+    certificate_authority.configure_trust(client_context)
+    sender = BuiltinSender(2, verify=client_context)
+    response = await post(sender, f"https://localhost:{port}")
+    await sender.aclose()
+    assert response.content == b'{"ok":true}'
+
+
+async def test_https_with_an_untrusted_certificate_is_refused(serve: Any, certificate_authority: Any) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate_authority.issue_cert("localhost").configure_cert(server_context)
+    server = await serve(answer(OK), server_context)
+    port = server.url.rsplit(":", 1)[1]
+    sender = BuiltinSender(2)  # the system's trust store: it does not know this CA
+    with pytest.raises(httpx.ConnectError, match="TLS handshake"):
+        await post(sender, f"https://localhost:{port}")
+    await sender.aclose()
+    assert server.requests == []
