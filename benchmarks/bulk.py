@@ -74,9 +74,14 @@ def run(count: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder, _gc_pauses() as pauses:
         asyncio.run(_bulk_run(min(count, 200), Path(folder) / "warm.sqlite", "warm", None))
         for repeat in range(repeats):
-            off = asyncio.run(_bulk_run(count, None, f"off{repeat}", None))
             run_gaps: list[float] = []
-            on = asyncio.run(_bulk_run(count, Path(folder) / f"{repeat}.sqlite", f"on{repeat}", run_gaps))
+            journal = Path(folder) / f"{repeat}.sqlite"
+            if repeat % 2:  # odd repeats run journal-on first: drift favours neither
+                on = asyncio.run(_bulk_run(count, journal, f"on{repeat}", run_gaps))
+                off = asyncio.run(_bulk_run(count, None, f"off{repeat}", None))
+            else:
+                off = asyncio.run(_bulk_run(count, None, f"off{repeat}", None))
+                on = asyncio.run(_bulk_run(count, journal, f"on{repeat}", run_gaps))
             rates["journal off"].append(count / off)
             rates["journal on"].append(count / on)
             gaps += run_gaps

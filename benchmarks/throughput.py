@@ -173,8 +173,11 @@ def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[st
     rates: dict[tuple[str, int], list[float]] = {}
     cpus: dict[tuple[str, int], list[float]] = {}
     for repeat in range(repeats):
-        for concurrency in concurrencies:
-            for name in CLIENTS:  # alternate clients within each repeat
+        # Odd repeats run in reverse order, so a machine slowing down (or
+        # speeding up) during a repeat favours no client and no concurrency.
+        forward = repeat % 2 == 0
+        for concurrency in concurrencies if forward else concurrencies[::-1]:
+            for name in CLIENTS if forward else CLIENTS[::-1]:
                 tag = f"r{repeat}-c{concurrency}-{CLIENTS.index(name)}"
                 with sandbox_process() as base_url:
                     figure = asyncio.run(_measure(name, base_url, concurrency, seconds, tag))
