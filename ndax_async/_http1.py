@@ -102,7 +102,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes nobody asked for: the connection is out of step
+        if self._waiter is None or self._waiter.done():  # bytes after the response: out of step
             self.close()
             return
         try:
@@ -127,6 +127,8 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._waiter is None or self._waiter.done():
+            self.reusable = False  # a second response to one request: the stream is out of step
         self._headers = {}
         self._body = []
         self._size = 0

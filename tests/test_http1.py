@@ -172,6 +172,27 @@ async def test_an_idle_connection_the_server_closed_is_not_reused(serve: Any) ->
     assert server.connections == 2
 
 
+@pytest.mark.parametrize("pause", [0.0, 0.02], ids=["same-packet", "later"])
+async def test_bytes_after_a_response_retire_the_connection(serve: Any, pause: float) -> None:
+    async def extra(request: bytes, writer: asyncio.StreamWriter) -> None:
+        unsolicited = b"HTTP/1.1 200 OK\r\n"  # the next reply on this connection would be misread
+        if pause:
+            writer.write(OK)
+            await writer.drain()
+            await asyncio.sleep(pause)
+            writer.write(unsolicited)
+        else:
+            writer.write(OK + unsolicited)
+
+    server = await serve(extra)
+    sender = BuiltinSender(4)
+    assert (await post(sender, server.url)).status_code == 200
+    await asyncio.sleep(0.05)
+    assert (await post(sender, server.url)).status_code == 200
+    await sender.aclose()
+    assert server.connections == 2
+
+
 @pytest.mark.parametrize(
     "raw",
     [
