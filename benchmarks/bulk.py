@@ -75,15 +75,11 @@ def run(count: int, repeats: int) -> dict[str, Any]:
         asyncio.run(_bulk_run(min(count, 200), Path(folder) / "warm.sqlite", "warm", None))
         for repeat in range(repeats):
             run_gaps: list[float] = []
-            journal = Path(folder) / f"{repeat}.sqlite"
-            if repeat % 2:  # odd repeats run journal-on first: drift favours neither
-                on = asyncio.run(_bulk_run(count, journal, f"on{repeat}", run_gaps))
-                off = asyncio.run(_bulk_run(count, None, f"off{repeat}", None))
-            else:
-                off = asyncio.run(_bulk_run(count, None, f"off{repeat}", None))
-                on = asyncio.run(_bulk_run(count, journal, f"on{repeat}", run_gaps))
-            rates["journal off"].append(count / off)
-            rates["journal on"].append(count / on)
+            runs = [("journal off", None, None), ("journal on", Path(folder) / f"{repeat}.sqlite", run_gaps)]
+            for name, journal, ticks in runs if repeat % 2 == 0 else runs[::-1]:  # drift favours neither
+                tag = name.split()[-1] + str(repeat)  # "off0", "on0": used in e-mail addresses
+                elapsed = asyncio.run(_bulk_run(count, journal, tag, ticks))
+                rates[name].append(count / elapsed)
             gaps += run_gaps
             run_maxima.append(max(run_gaps, default=float("nan")))
     result = {name: median(values) for name, values in rates.items()}

@@ -1,15 +1,17 @@
 """The SDK's own HTTP/1.1 sender: a keep-alive pool over asyncio protocols.
 
 The API needs little of HTTP: small JSON requests with a Content-Length, and
-their responses. This sender does only that, which is why it costs about half
-the client CPU of aiohttp per request (see ``benchmarks/``):
+their responses. This sender does only that, which is why the SDK on it costs
+about two thirds of the client CPU per request it costs on aiohttp (see
+``benchmarks/``):
 
 - requests are written in one piece from the headers the transport built;
 - responses are parsed by ``httptools`` (llhttp, the parser Node.js uses), so
   Content-Length, chunked and read-until-close bodies all work; a gzip or
   deflate body is decompressed although none is asked for;
 - connections are kept alive and reused, at most ``max_connections`` at once;
-  one the server closed, or one an attempt was cancelled on, is never reused;
+  one the server closed, one an attempt was cancelled on, or one that sent
+  bytes after its response, is never reused;
 - TLS comes from asyncio with the SSL context given (verification on).
 
 No proxies, redirects, cookies or HTTP/2: pass ``http_client=`` (an

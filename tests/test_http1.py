@@ -81,6 +81,13 @@ async def serve() -> AsyncIterator[Callable[[Reply], Awaitable[ScriptedServer]]]
         server.close()
 
 
+@pytest.fixture
+async def sender() -> AsyncIterator[BuiltinSender]:
+    pool = BuiltinSender(4)
+    yield pool
+    await pool.aclose()
+
+
 def answer(raw: bytes, *, close: bool = False) -> Reply:
     async def reply(request: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(raw)
@@ -98,11 +105,9 @@ async def post(sender: BuiltinSender, url: str, body: bytes | None = b'{"a":1}')
     return await sender.send("POST", url + "/p", {"X-Test": "1"}, body, None)
 
 
-async def test_request_bytes_are_exactly_what_the_transport_gave(serve: Any) -> None:
+async def test_request_bytes_are_exactly_what_the_transport_gave(serve: Any, sender: BuiltinSender) -> None:
     server = await serve(answer(OK))
-    sender = BuiltinSender(4)
     response = await sender.send("POST", server.url + "/a/b?c=d", {"X-One": "1"}, b'{"k":"v"}', None)
-    await sender.aclose()
     assert response.status_code == 200
     assert response.content == b'{"ok":true}'
     assert response.headers["content-type"] == "application/json"
@@ -111,11 +116,9 @@ async def test_request_bytes_are_exactly_what_the_transport_gave(serve: Any) -> 
     assert server.requests == [expected.encode()]
 
 
-async def test_a_get_carries_no_body_or_length(serve: Any) -> None:
+async def test_a_get_carries_no_body_or_length(serve: Any, sender: BuiltinSender) -> None:
     server = await serve(answer(OK))
-    sender = BuiltinSender(4)
     await sender.send("GET", server.url + "/x", {"Accept": "application/json"}, None, None)
-    await sender.aclose()
     assert b"Content-Length" not in server.requests[0]
     assert server.requests[0].startswith(b"GET /x HTTP/1.1\r\n")
 
@@ -134,46 +137,42 @@ async def test_a_get_carries_no_body_or_length(serve: Any) -> None:
     ],
     ids=["chunked", "read-until-close", "gzip", "interim-1xx"],
 )
-async def test_every_response_framing_gives_the_same_body(serve: Any, raw: bytes, close: int) -> None:
+async def test_every_response_framing_gives_the_same_body(
+    serve: Any, raw: bytes, close: int, sender: BuiltinSender
+) -> None:
     server = await serve(answer(raw, close=bool(close)))
-    sender = BuiltinSender(4)
     response = await post(sender, server.url)
-    await sender.aclose()
     assert (response.status_code, response.content) == (200, b'{"ok":true}')
 
 
-async def test_keep_alive_reuses_one_connection(serve: Any) -> None:
+async def test_keep_alive_reuses_one_connection(serve: Any, sender: BuiltinSender) -> None:
     server = await serve(answer(OK))
-    sender = BuiltinSender(4)
     for _ in range(5):
         assert (await post(sender, server.url)).status_code == 200
-    await sender.aclose()
     assert server.connections == 1
     assert len(server.requests) == 5
 
 
-async def test_connection_close_is_honoured(serve: Any) -> None:
+async def test_connection_close_is_honoured(serve: Any, sender: BuiltinSender) -> None:
     raw = OK.replace(b"Content-Length", b"Connection: close\r\nContent-Length")
-    server = await serve(answer(raw, close=True))
-    sender = BuiltinSender(4)
+    server = await serve(answer(raw))  # says close but leaves it open: only the header tells
     for _ in range(3):
         assert (await post(sender, server.url)).status_code == 200
-    await sender.aclose()
     assert server.connections == 3
 
 
-async def test_an_idle_connection_the_server_closed_is_not_reused(serve: Any) -> None:
+async def test_an_idle_connection_the_server_closed_is_not_reused(serve: Any, sender: BuiltinSender) -> None:
     server = await serve(answer(OK, close=True))  # closes after answering, without saying so
-    sender = BuiltinSender(4)
     assert (await post(sender, server.url)).status_code == 200
     await asyncio.sleep(0.05)  # the FIN arrives while the connection is idle
     assert (await post(sender, server.url)).status_code == 200
-    await sender.aclose()
     assert server.connections == 2
 
 
 @pytest.mark.parametrize("pause", [0.0, 0.02], ids=["same-packet", "later"])
-async def test_bytes_after_a_response_retire_the_connection(serve: Any, pause: float) -> None:
+async def test_bytes_after_a_response_retire_the_connection(
+    serve: Any, pause: float, sender: BuiltinSender
+) -> None:
     async def extra(request: bytes, writer: asyncio.StreamWriter) -> None:
         unsolicited = b"HTTP/1.1 200 OK\r\n"  # the next reply on this connection would be misread
         if pause:
@@ -185,11 +184,9 @@ async def test_bytes_after_a_response_retire_the_connection(serve: Any, pause: f
             writer.write(OK + unsolicited)
 
     server = await serve(extra)
-    sender = BuiltinSender(4)
     assert (await post(sender, server.url)).status_code == 200
     await asyncio.sleep(0.05)
     assert (await post(sender, server.url)).status_code == 200
-    await sender.aclose()
     assert server.connections == 2
 
 
@@ -202,37 +199,33 @@ async def test_bytes_after_a_response_retire_the_connection(serve: Any, pause: f
     ],
     ids=["short-body", "short-head", "nothing"],
 )
-async def test_a_close_mid_response_is_a_remote_protocol_error(serve: Any, raw: bytes) -> None:
+async def test_a_close_mid_response_is_a_remote_protocol_error(
+    serve: Any, raw: bytes, sender: BuiltinSender
+) -> None:
     server = await serve(answer(raw, close=True))
-    sender = BuiltinSender(4)
     with pytest.raises(httpx.RemoteProtocolError, match="closed the connection"):
         await post(sender, server.url)
-    await sender.aclose()
 
 
-async def test_a_malformed_response_is_a_remote_protocol_error(serve: Any) -> None:
+async def test_a_malformed_response_is_a_remote_protocol_error(serve: Any, sender: BuiltinSender) -> None:
     server = await serve(answer(b"NOT HTTP AT ALL\r\n\r\n"))
-    sender = BuiltinSender(4)
     with pytest.raises(httpx.RemoteProtocolError, match="malformed HTTP response"):
         await post(sender, server.url)
-    await sender.aclose()
 
 
-async def test_a_broken_gzip_body_is_a_decoding_error(serve: Any) -> None:
+async def test_a_broken_gzip_body_is_a_decoding_error(serve: Any, sender: BuiltinSender) -> None:
     server = await serve(answer(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc"))
-    sender = BuiltinSender(4)
     with pytest.raises(httpx.DecodingError, match="gzip"):
         await post(sender, server.url)
-    await sender.aclose()
 
 
-async def test_an_oversized_body_is_refused(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_oversized_body_is_refused(
+    serve: Any, monkeypatch: pytest.MonkeyPatch, sender: BuiltinSender
+) -> None:
     monkeypatch.setattr(_http1, "MAX_RESPONSE_BYTES", 100)
     server = await serve(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n" + b"x" * 500))
-    sender = BuiltinSender(4)
     with pytest.raises(httpx.RemoteProtocolError, match="over 100 bytes"):
         await post(sender, server.url)
-    await sender.aclose()
 
 
 @pytest.mark.parametrize(
@@ -241,21 +234,17 @@ async def test_an_oversized_body_is_refused(serve: Any, monkeypatch: pytest.Monk
     ids=["crlf-in-value", "lf-in-value", "crlf-in-path"],
 )
 async def test_a_line_break_in_a_header_or_path_is_refused_before_sending(
-    serve: Any, headers: dict[str, str], url_path: str
+    serve: Any, headers: dict[str, str], url_path: str, sender: BuiltinSender
 ) -> None:
     server = await serve(answer(OK))
-    sender = BuiltinSender(4)
     with pytest.raises(ValueError, match="line break"):
         await sender.send("GET", server.url + url_path, headers, None, None)
-    await sender.aclose()
     assert server.requests == []
 
 
-async def test_a_non_ascii_path_is_percent_encoded(serve: Any) -> None:
+async def test_a_non_ascii_path_is_percent_encoded(serve: Any, sender: BuiltinSender) -> None:
     server = await serve(answer(OK))
-    sender = BuiltinSender(4)
     await sender.send("GET", server.url + "/participants/ÄB1", {}, None, None)
-    await sender.aclose()
     assert server.requests[0].startswith(b"GET /participants/%C3%84B1 HTTP/1.1\r\n")
 
 
@@ -290,9 +279,8 @@ async def test_a_cancelled_request_closes_its_connection(serve: Any) -> None:
     await sender.aclose()
 
 
-async def test_aclose_closes_pooled_connections(serve: Any) -> None:
+async def test_aclose_closes_pooled_connections(serve: Any, sender: BuiltinSender) -> None:
     server = await serve(answer(OK))
-    sender = BuiltinSender(4)
     await post(sender, server.url)
     await sender.aclose()
     await asyncio.sleep(0.05)
@@ -301,16 +289,14 @@ async def test_aclose_closes_pooled_connections(serve: Any) -> None:
         await post(sender, server.url)
 
 
-async def test_a_refused_connection_is_a_connect_error(serve: Any) -> None:
+async def test_a_refused_connection_is_a_connect_error(serve: Any, sender: BuiltinSender) -> None:
     server = await serve(answer(OK))
     url = server.url
     assert server.server is not None
     server.server.close()
     await server.server.wait_closed()
-    sender = BuiltinSender(4)
     with pytest.raises(httpx.ConnectError, match="cannot connect"):
         await post(sender, url)
-    await sender.aclose()
 
 
 def test_the_pool_is_bound_to_its_first_event_loop() -> None:
