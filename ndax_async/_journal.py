@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,16 +113,20 @@ class Journal:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _batched(self, kind: str, item: Any) -> Any:
-        """Queue a read (``kind="get"``, a key) or a write (``"put"``, a row) for the next
-        group-committed transaction; return once it is committed."""
+    def _batched(self, kind: str, item: Any) -> asyncio.Future[Any]:
+        """Queue a read (``kind="get"``, a key), a claim or a write (``"put"``, a row) for
+        the next group-committed transaction; the future is done once it is committed.
+
+        A plain function returning the future (not a coroutine): two of these per
+        bulk operation, so the frames saved are measurable.
+        """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append((kind, item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         # A caller cancelled now stops waiting, but its row is in the batch and is
         # still committed (a "sending" row is then resent by the next run).
-        return await future
+        return future
 
     async def _flush(self) -> None:
         while self._queued:
@@ -177,14 +181,13 @@ class Journal:
             raise RuntimeError("the journal is not open")
         return self._db
 
-    async def get(self, key: str) -> JournalEntry | None:
+    def get(self, key: str) -> Awaitable[JournalEntry | None]:
         """The entry for ``key``, if any."""
-        entry: JournalEntry | None = await self._batched("get", key)
-        return entry
+        return self._batched("get", key)
 
-    async def claim(
+    def claim(
         self, key: str, op: str, line: int | None, request_id: str | None, payload_hash: str
-    ) -> JournalEntry | None:
+    ) -> Awaitable[JournalEntry | None]:
         """Record ``key`` as about to be sent, unless the journal has it already.
 
         Returns ``None`` when the row is new (it is now durably ``sending`` with
@@ -193,16 +196,15 @@ class Journal:
         One round trip where :meth:`get` then :meth:`sending` take two.
         """
         row = (key, op, line, request_id, payload_hash, "sending", None, None, None, 0)
-        entry: JournalEntry | None = await self._batched("claim", row)
-        return entry
+        return self._batched("claim", row)
 
-    async def sending(
+    def sending(
         self, key: str, op: str, line: int | None, request_id: str | None, payload_hash: str
-    ) -> None:
+    ) -> Awaitable[None]:
         """Record, durably, that ``key`` is about to be sent with ``request_id``."""
-        await self._batched("put", (key, op, line, request_id, payload_hash, "sending", None, None, None, 0))
+        return self._batched("put", (key, op, line, request_id, payload_hash, "sending", None, None, None, 0))
 
-    async def finished(
+    def finished(
         self,
         key: str,
         op: str,
@@ -215,11 +217,11 @@ class Journal:
         reason: str | None = None,
         error: str | None = None,
         attempts: int = 0,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Record the outcome of ``key``."""
         state = "succeeded" if succeeded else "failed"
         row = (key, op, line, request_id, payload_hash, state, participant_code, reason, error, attempts)
-        await self._batched("put", row)
+        return self._batched("put", row)
 
     async def counts(self) -> dict[str, int]:
         """How many operations are in each state."""

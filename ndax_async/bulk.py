@@ -5,8 +5,10 @@ any sync or async iterable, streamed (memory stays bounded by the concurrency,
 not the input), and yields an :class:`OperationResult` per operation as it
 finishes; :attr:`Bulk.summary` totals them.
 
-- Concurrency is a fixed number of in-flight operations, kept at or below the
-  client's connection pool, so tasks never queue for a connection.
+- Concurrency is a fixed number of requests in flight, kept at or below the
+  client's connection pool, so tasks never queue for a connection. With a
+  journal, up to twice as many operations are in the engine, so requests keep
+  flowing while the journal records the others.
 - Every attempt passes a rate limiter (the platform allows 2,000 requests per
   10 s per IP; the default is 180/s), and a 429 pauses every request.
 - A retry budget shared by the run (:class:`~ndax_async.RetryQuota`) stops
@@ -40,6 +42,10 @@ __all__ = ["Bulk", "BulkSummary", "Operation", "OperationResult", "RowError"]
 OpKind = Literal["create", "create_minor", "update"]
 OP_KINDS: tuple[str, ...] = ("create", "create_minor", "update")
 DEFAULT_RATE = 180.0  # 90% of the documented 2,000 requests per 10 seconds
+# With a journal, an operation also waits for its rows to commit, before and
+# after its request. Letting twice ``concurrency`` operations in keeps the
+# requests in flight at ``concurrency`` while others are being recorded.
+JOURNAL_HEADROOM = 2
 
 
 @attrs.frozen(kw_only=True)
@@ -197,6 +203,7 @@ class Bulk:
         transport.quota = self.retry_quota
         transport.on_retry = self._retry_hook(saved[2])
         results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
+        self._requests = asyncio.Semaphore(self.concurrency)
         try:
             self.journal = await self._open_journal()
             producer = asyncio.create_task(self._produce(operations, results))
@@ -244,7 +251,7 @@ class Bulk:
         operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError],
         results: asyncio.Queue[OperationResult | None],
     ) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = asyncio.Semaphore(self.concurrency * (JOURNAL_HEADROOM if self.journal is not None else 1))
         tasks: set[asyncio.Task[None]] = set()
         deferred: list[Operation] = []
 
@@ -367,7 +374,8 @@ class Bulk:
             resent=resent,
         )
         try:
-            record = await self.client._execute(prepared)
+            async with self._requests:
+                record = await self.client._execute(prepared)
         except (APIError, TransportError) as error:
             result = attrs.evolve(
                 sent, reason=_failure_reason(error), error=str(error), attempts=error.attempts

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,7 +141,10 @@ async def test_rate_limiter_spaces_requests_without_blocking() -> None:
     assert starts == [0.0, 0.0, 0.1, 0.2, 0.3, 0.4]
 
 
-async def test_engine_limits_rate_and_concurrency() -> None:
+@pytest.mark.parametrize("journaled", [False, True])
+async def test_engine_limits_rate_and_concurrency(journaled: bool, tmp_path: Path) -> None:
+    """``concurrency`` requests in flight, reached and never exceeded, with or without a
+    journal (which lets more operations into the engine than requests in flight)."""
     sandbox = Sandbox()
     in_flight = peak = 0
     transport = sandbox.transport()
@@ -157,10 +161,44 @@ async def test_engine_limits_rate_and_concurrency() -> None:
                 in_flight -= 1
 
     async with AsyncClient(**sandbox.credentials, transport=Counting()) as client:
-        engine = Bulk(client, concurrency=5, rate=2000)
+        journal = tmp_path / "j.sqlite" if journaled else None
+        engine = Bulk(client, concurrency=5, rate=2000, journal=journal)
         summary = await engine.run_all(operations(creates(40)))
     assert summary.succeeded == 40
-    assert peak <= 5
+    assert peak == 5
+
+
+async def test_journal_headroom_is_bounded_at_twice_the_concurrency(tmp_path: Path) -> None:
+    """With requests stuck, a journaled run claims at most ``2 * concurrency``
+    operations: ``concurrency`` sent, the rest recorded and waiting for a request slot."""
+    sandbox = Sandbox()
+    release = asyncio.Event()
+    in_flight = 0
+    transport = sandbox.transport()
+
+    class Gated(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            nonlocal in_flight
+            in_flight += 1
+            await release.wait()
+            return await transport.handle_async_request(request)
+
+    def claimed() -> int:
+        with contextlib.closing(sqlite3.connect(tmp_path / "j.sqlite")) as db:
+            return int(db.execute("SELECT COUNT(*) FROM operations").fetchone()[0])
+
+    async with AsyncClient(**sandbox.credentials, transport=Gated()) as client:
+        engine = Bulk(client, concurrency=3, rate=None, journal=tmp_path / "j.sqlite")
+        run = asyncio.create_task(engine.run_all(operations(creates(20))))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if in_flight == 3 and claimed() == 6:
+                break
+        await asyncio.sleep(0.05)  # time to overrun the bound, if it could
+        assert (in_flight, claimed()) == (3, 6)
+        release.set()
+        summary = await run
+    assert summary.succeeded == 20
 
 
 async def test_files_stream_jsonl_and_csv_with_line_numbers(tmp_path: Path) -> None:
