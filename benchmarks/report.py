@@ -37,7 +37,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         rows.append(
             (
                 "SDK default not lower at 256 than at 16",
-                f"{scaling:.2f}x ({rates[256]['rate']:,.0f}/s at 256, {rates[16]['rate']:,.0f}/s at 16)",
+                f"{scaling:.2f}x ({rates[256]['rate']:,.0f}/s at 256, {rates[16]['rate']:,.0f}/s at 16;"
+                f" sandbox busy {_percent(rates[256]['server_busy'])}"
+                f" and {_percent(rates[16]['server_busy'])})",
                 scaling >= 1.0,
             )
         )
@@ -109,6 +111,13 @@ def markdown(results: dict[str, Any], *, smoke: bool) -> str:
     )
     lines += [
         "",
+        "The sandbox's CPU time per create, and how busy it was (its CPU time over the wall time;"
+        " near 100% the cell measures the server, not the client):",
+        "",
+    ]
+    lines += _by_concurrency(tp, lambda name, c: _server_cell(table[name][c]))
+    lines += [
+        "",
         "Ratio of each client to hand-written aiohttp (the median of the ratios within each repeat):",
         "",
     ]
@@ -143,6 +152,14 @@ def markdown(results: dict[str, Any], *, smoke: bool) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _server_cell(cell: dict[str, float]) -> str:
+    return f"{cell['server_cpu_ms']:.2f} ms, {_percent(cell['server_busy'])}"
+
+
+def _percent(fraction: float) -> str:
+    return "n/a" if fraction != fraction else f"{fraction:.0%}"  # NaN where /proc is missing
 
 
 def _by_concurrency(tp: dict[str, Any], cell: Callable[[str, int], str]) -> list[str]:

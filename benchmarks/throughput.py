@@ -12,13 +12,16 @@ clients get the same pool, one connection per task up to that size, and post
 the same wire body (request_id included), so the server does the same work for
 every client. Client CPU per request (this process's CPU time over requests
 done) is reported beside the rate: on a 2-core machine the server shares the
-CPU, so the rate alone can hide a client's cost.
+CPU, so the rate alone can hide a client's cost. So is the sandbox's own CPU
+per request and how busy it was: a cell where the sandbox is near 100% busy
+measures the server, and clients' rates converge there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import attrs
 import httpx
 
 from ndax_async import AsyncClient, NewCustomer
@@ -54,9 +58,26 @@ BASELINE = "hand-written aiohttp"
 Send = Callable[[int], Awaitable[None]]
 
 
+@attrs.frozen
+class ServedSandbox:
+    """A sandbox in a child process: its base URL, and its CPU time so far if the OS says."""
+
+    base_url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server process (Linux ``/proc``), else NaN."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def sandbox_process() -> Iterator[str]:
-    """Serve the sandbox (``ndax-async sandbox``) in a child process; yield its base URL."""
+def sandbox_process() -> Iterator[ServedSandbox]:
+    """Serve the sandbox (``ndax-async sandbox``) in a child process."""
     command = [sys.executable, "-m", "ndax_async.cli", "sandbox", "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
@@ -65,7 +86,7 @@ def sandbox_process() -> Iterator[str]:
         found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
         if not found:
             raise RuntimeError(f"sandbox did not start: {line!r}")
-        yield found.group(1)
+        yield ServedSandbox(found.group(1), process.pid)
     finally:
         process.terminate()
         process.wait(10)
@@ -139,8 +160,11 @@ async def _sender(name: str, base_url: str, concurrency: int, tag: str) -> Any:
             yield send_aiohttp
 
 
-async def _measure(name: str, base_url: str, concurrency: int, seconds: float, tag: str) -> dict[str, float]:
-    async with _sender(name, base_url, concurrency, tag) as send:
+async def _measure(
+    name: str, server: ServedSandbox, concurrency: int, seconds: float, tag: str
+) -> dict[str, float]:
+    """Creates/s, and the client's and the server's CPU per create, over ``seconds``."""
+    async with _sender(name, server.base_url, concurrency, tag) as send:
         counter = iter(range(10**9))
         done = 0
 
@@ -156,10 +180,19 @@ async def _measure(name: str, base_url: str, concurrency: int, seconds: float, t
 
         await run_for(min(0.3, seconds / 4))  # warm-up: every pooled connection opened
         done = 0
+        server_before = server.cpu_seconds()
         wall, cpu = time.perf_counter(), time.process_time()
         await run_for(seconds)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"rate": done / wall, "cpu_ms": cpu / done * 1e3 if done else float("nan")}
+        server_after = server.cpu_seconds()
+    nan = float("nan")
+    server_cpu = server_after - server_before
+    return {
+        "rate": done / wall,
+        "cpu_ms": cpu / done * 1e3 if done else nan,
+        "server_cpu_ms": server_cpu / done * 1e3 if done else nan,
+        "server_busy": server_cpu / wall,
+    }
 
 
 def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[str, Any]:
@@ -172,6 +205,8 @@ def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[st
     """
     rates: dict[tuple[str, int], list[float]] = {}
     cpus: dict[tuple[str, int], list[float]] = {}
+    server_cpus: dict[tuple[str, int], list[float]] = {}
+    server_busy: dict[tuple[str, int], list[float]] = {}
     for repeat in range(repeats):
         # Odd repeats run in reverse order, so a machine slowing down (or
         # speeding up) during a repeat favours no client and no concurrency.
@@ -179,10 +214,12 @@ def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[st
         for concurrency in concurrencies if forward else concurrencies[::-1]:
             for name in CLIENTS if forward else CLIENTS[::-1]:
                 tag = f"r{repeat}-c{concurrency}-{CLIENTS.index(name)}"
-                with sandbox_process() as base_url:
-                    figure = asyncio.run(_measure(name, base_url, concurrency, seconds, tag))
+                with sandbox_process() as server:
+                    figure = asyncio.run(_measure(name, server, concurrency, seconds, tag))
                 rates.setdefault((name, concurrency), []).append(figure["rate"])
                 cpus.setdefault((name, concurrency), []).append(figure["cpu_ms"])
+                server_cpus.setdefault((name, concurrency), []).append(figure["server_cpu_ms"])
+                server_busy.setdefault((name, concurrency), []).append(figure["server_busy"])
 
     def paired(name: str, concurrency: int, base: tuple[str, int]) -> float:
         pairs = zip(rates[(name, concurrency)], rates[base], strict=True)
@@ -190,7 +227,13 @@ def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[st
 
     table = {
         name: {
-            c: {"rate": median(rates[(name, c)]), "cpu_ms": median(cpus[(name, c)])} for c in concurrencies
+            c: {
+                "rate": median(rates[(name, c)]),
+                "cpu_ms": median(cpus[(name, c)]),
+                "server_cpu_ms": median(server_cpus[(name, c)]),
+                "server_busy": median(server_busy[(name, c)]),
+            }
+            for c in concurrencies
         }
         for name in CLIENTS
     }
