@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+import attrs
 import httpx
 from tenacity import AsyncRetrying, RetryCallState
 
@@ -43,6 +44,21 @@ _SKEW_WARNING_SECONDS = 30
 
 class _DeadlineExceeded(Exception):
     """The call's deadline left no time for another attempt."""
+
+
+@attrs.frozen
+class CallScope:
+    """What a group of calls (one bulk run) adds to the client's own limits.
+
+    ``limiter`` applies on top of the client's (both are passed); ``quota``
+    replaces the client's retry budget for these calls; ``on_retry`` is called
+    after the client's hook. Nothing on the shared client changes, so other
+    calls, and other runs, on the same client keep their own limits.
+    """
+
+    limiter: RateLimiter | None = None
+    quota: RetryQuota | None = None
+    on_retry: Callable[[RetryEvent], None] | None = None
 
 
 class Transport:
@@ -81,12 +97,13 @@ class Transport:
         request_id: str | None,
         policy: RetryPolicy,
         timeout: float | None,
+        scope: CallScope | None = None,
     ) -> tuple[RawResponse, int]:
         """Send until a final answer; return the response and the attempts made.
 
         Raises :class:`~ndax_async.errors.TransportError` when no response came.
         """
-        call = _Call(self, method, route, body, request_id, policy, timeout)
+        call = _Call(self, method, route, body, request_id, policy, timeout, scope)
         outcome = await call.attempt()
         if outcome.response is None or outcome.response.status_code >= 400:
             # Not an instant success: tenacity decides on this outcome and drives
@@ -102,8 +119,8 @@ class Transport:
             )
             outcome = await retrying(call.first_then_attempt)
         if outcome.response is not None:
-            if self.quota is not None and outcome.response.status_code < 400:
-                self.quota.refund()
+            if call.quota is not None and outcome.response.status_code < 400:
+                call.quota.refund()
             return outcome.response, call.attempts
         # Not chained: the httpx error holds the signed request and its headers.
         raise _transport_error(outcome.error, request_id, call.attempts) from None
@@ -138,8 +155,10 @@ class _Call:
         "first_outcome",
         "method",
         "policy",
+        "quota",
         "request_id",
         "route",
+        "scope",
         "started",
         "timeout",
         "transport",
@@ -155,8 +174,11 @@ class _Call:
         request_id: str | None,
         policy: RetryPolicy,
         timeout: float | None,
+        scope: CallScope | None = None,
     ) -> None:
         self.transport = transport
+        self.scope = scope
+        self.quota = scope.quota if scope is not None and scope.quota is not None else transport.quota
         self.method = method
         self.route = route
         self.url = transport.base_url + route
@@ -191,6 +213,8 @@ class _Call:
             await transport.pause.wait()
         if transport.limiter is not None:
             await transport.limiter.acquire()
+        if self.scope is not None and self.scope.limiter is not None:
+            await self.scope.limiter.acquire()
         timeout = self.timeout
         remaining = self._remaining()
         if remaining is not None:
@@ -226,7 +250,7 @@ class _Call:
             return False
         if self.attempts > self.policy.max_retries:
             return False  # out of attempts anyway: spend nothing from the shared budget
-        quota = self.transport.quota
+        quota = self.quota
         if quota is not None and not quota.spend(timeout=isinstance(outcome.error, httpx.TimeoutException)):
             logger.warning(
                 "retry budget exhausted: not retrying %s %s (request_id=%s)",
@@ -273,6 +297,8 @@ class _Call:
         )
         if self.transport.on_retry is not None:
             self.transport.on_retry(event)
+        if self.scope is not None and self.scope.on_retry is not None:
+            self.scope.on_retry(event)
 
 
 def _outcome_of(state: RetryCallState) -> Outcome | None:

@@ -34,6 +34,7 @@ import attrs
 from ._journal import Journal, JournalEntry
 from ._limits import RateLimiter, RetryQuota
 from ._retry import RetryEvent
+from ._transport import CallScope
 from .client import AsyncClient, PreparedWrite
 from .errors import APIError, TransportError, ValidationError
 
@@ -160,8 +161,9 @@ class BulkSummary:
 class Bulk:
     """Runs operations through one :class:`~ndax_async.AsyncClient`, exactly once.
 
-    For the run, the engine installs its rate limiter, retry budget and retry
-    counter on the client, and restores the client's own afterwards.
+    The run's rate limit applies on top of the client's own, and its retry
+    budget replaces the client's, for the run's own requests only: other calls
+    on the same client, and other runs sharing it, keep their own limits.
     """
 
     def __init__(
@@ -186,6 +188,8 @@ class Bulk:
         self._custodians: dict[str, asyncio.Future[str | None]] = {}
         # Without a journal, finished creates' codes are kept here for minors.
         self._created: dict[str, str | None] = {}
+        self._scope = CallScope()  # the run's limits, made by run()
+        self._requests = asyncio.Semaphore(concurrency)
 
     async def run(
         self, operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]
@@ -197,13 +201,13 @@ class Bulk:
         are cancelled and the next run with the same journal resends them.
         """
         self.summary = BulkSummary()
-        transport = self.client._transport
-        saved = (transport.limiter, transport.quota, transport.on_retry)
-        transport.limiter = RateLimiter(self.rate, burst=max(1.0, self.rate / 10)) if self.rate else None
-        transport.quota = self.retry_quota
-        transport.on_retry = self._retry_hook(saved[2])
-        results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
+        # The run's limits travel with its calls; the shared client is not touched.
+        limiter = None
+        if self.rate:
+            limiter = RateLimiter(self.rate, burst=max(1.0, self.rate / 10), clock=self.client._clock)
+        self._scope = CallScope(limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry)
         self._requests = asyncio.Semaphore(self.concurrency)
+        results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         try:
             self.journal = await self._open_journal()
             producer = asyncio.create_task(self._produce(operations, results))
@@ -218,7 +222,6 @@ class Bulk:
                     await asyncio.gather(producer, return_exceptions=True)
         finally:
             self.summary.finished = time.monotonic()
-            transport.limiter, transport.quota, transport.on_retry = saved
             if self.journal is not None and not isinstance(self._journal_spec, Journal):
                 await self.journal.close()
 
@@ -230,13 +233,8 @@ class Bulk:
             pass
         return self.summary
 
-    def _retry_hook(self, previous: Any) -> Any:
-        def hook(event: RetryEvent) -> None:
-            self.summary.retries_by_reason[event.reason] += 1
-            if previous is not None:
-                previous(event)
-
-        return hook
+    def _count_retry(self, event: RetryEvent) -> None:
+        self.summary.retries_by_reason[event.reason] += 1
 
     async def _open_journal(self) -> Journal | None:
         spec = self._journal_spec
@@ -375,7 +373,7 @@ class Bulk:
         )
         try:
             async with self._requests:
-                record = await self.client._execute(prepared)
+                record = await self.client._execute(prepared, scope=self._scope)
         except (APIError, TransportError) as error:
             result = attrs.evolve(
                 sent, reason=_failure_reason(error), error=str(error), attempts=error.attempts

@@ -27,7 +27,7 @@ from ._http1 import BuiltinSender
 from ._idempotency import RequestIdMode, derive_request_id, normalize_request_id, random_request_id
 from ._limits import RateLimiter, RetryQuota
 from ._retry import RateLimitPause, RetryEvent, RetryPolicy
-from ._transport import Transport
+from ._transport import CallScope, Transport
 from ._version import __version__
 from .errors import (
     ClientClosedError,
@@ -236,6 +236,7 @@ class AsyncClient:
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
+        scope: CallScope | None = None,
     ) -> Any:
         """Send a prepared write (retrying) and read its record."""
         data, attempts, raw = await self._send(
@@ -246,6 +247,7 @@ class AsyncClient:
             timeout=timeout,
             max_retries=max_retries,
             deadline=deadline,
+            scope=scope,
         )
         message = data.get("message") if isinstance(data, dict) else None
         if not isinstance(message, dict):
@@ -264,6 +266,7 @@ class AsyncClient:
         max_retries: int | None = None,
         deadline: float | None = None,
         not_found_ok: bool = False,
+        scope: CallScope | None = None,
     ) -> tuple[Any, int, RawResponse | None]:
         """Send one logical request; return (parsed JSON, attempts, response) of a 2xx.
 
@@ -276,6 +279,7 @@ class AsyncClient:
             request_id=request_id,
             policy=self._policy(max_retries, deadline),
             timeout=self.timeout if timeout is None else timeout,
+            scope=scope,
         )
         status = response.status_code
         if 200 <= status < 300:

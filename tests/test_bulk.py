@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ndax_async import AsyncClient, RetryPolicy, RetryQuota
+from ndax_async import AsyncClient, RetryEvent, RetryPolicy, RetryQuota
 from ndax_async._limits import RateLimiter
 from ndax_async._rows import read_operations
 from ndax_async.bulk import Bulk, Operation, RowError
@@ -166,6 +166,45 @@ async def test_engine_limits_rate_and_concurrency(journaled: bool, tmp_path: Pat
         summary = await engine.run_all(operations(creates(40)))
     assert summary.succeeded == 40
     assert peak == 5
+
+
+async def test_two_runs_share_a_client_without_touching_it() -> None:
+    """Each run's retry budget and retry counts are its own; the client's hook sees
+    every retry, its own budget is untouched, and nothing on it is swapped."""
+    sandbox = Sandbox(faults=Faults(err503=0.3, seed=5))
+    seen: list[RetryEvent] = []
+    client_quota = RetryQuota()
+    options: dict[str, Any] = {"retry_policy": FAST, "max_retries": 10, "on_retry": seen.append}
+    async with sandbox.client(retry_quota=client_quota, **options) as client:
+        transport = client._transport
+        before = (transport.limiter, transport.quota, transport.on_retry)
+        first, second = (Bulk(client, concurrency=4, rate=None, retry_quota=RetryQuota()) for _ in range(2))
+        rows = creates(40)
+
+        async def results(engine: Bulk, part: list[dict[str, Any]]) -> list[Any]:
+            collected = []
+            async for result in engine.run(operations(part)):
+                assert (transport.limiter, transport.quota, transport.on_retry) == before
+                collected.append(result)
+            return collected
+
+        got = await asyncio.gather(results(first, rows[:20]), results(second, rows[20:]))
+    for engine, collected in zip((first, second), got, strict=True):
+        ids = {result.request_id for result in collected}
+        assert engine.summary.succeeded == 20
+        assert engine.summary.retries == sum(event.request_id in ids for event in seen) > 0
+    assert len(seen) == first.summary.retries + second.summary.retries
+    assert client_quota.tokens == client_quota.capacity
+
+
+async def test_a_run_adds_its_rate_limit_to_the_clients_own() -> None:
+    """The client's ``rate_limit`` still spaces a run's requests (the run's own is off here)."""
+    clock = FakeClock()
+    sandbox = Sandbox(clock=clock.time)
+    async with sandbox.client(rate_limit=10, clock=clock) as client:
+        summary = await Bulk(client, concurrency=4, rate=None).run_all(operations(creates(21)))
+    assert summary.succeeded == 21
+    assert clock.monotonic() == pytest.approx(2.0)  # 21 requests at 10/s, the first one free
 
 
 async def test_journal_headroom_is_bounded_at_twice_the_concurrency(tmp_path: Path) -> None:
