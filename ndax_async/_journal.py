@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,17 +34,17 @@ T = TypeVar("T")
 
 _UPSERT = (
     "INSERT INTO operations (key, op, line, request_id, payload_hash, state, participant_code,"
-    " reason, error, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " reason, error, attempts, updated_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(key) DO UPDATE SET op=excluded.op, line=excluded.line,"
     " request_id=COALESCE(excluded.request_id, request_id),"
     " payload_hash=COALESCE(excluded.payload_hash, payload_hash), state=excluded.state,"
     " participant_code=excluded.participant_code, reason=excluded.reason, error=excluded.error,"
-    " attempts=excluded.attempts, updated_at=excluded.updated_at"
+    " attempts=excluded.attempts, updated_at=excluded.updated_at, run_id=excluded.run_id"
 )
 
 _INSERT_NEW = (
     "INSERT INTO operations (key, op, line, request_id, payload_hash, state, participant_code,"
-    " reason, error, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " reason, error, attempts, updated_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(key) DO NOTHING"
 )
 
@@ -59,9 +60,13 @@ CREATE TABLE IF NOT EXISTS operations (
     reason TEXT,
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    run_id TEXT
 )
 """
+_ENTRY_COLUMNS = (
+    "key, op, line, request_id, payload_hash, state, participant_code, reason, error, attempts, run_id"
+)
 
 
 @attrs.frozen
@@ -78,6 +83,8 @@ class JournalEntry:
     reason: str | None
     error: str | None
     attempts: int
+    run_id: str | None = None
+    """Which run wrote the entry last (see :meth:`Journal.begin_run`)."""
 
 
 class Journal:
@@ -89,6 +96,17 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         self._queued: list[tuple[str, Any, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.run_id: str | None = None
+
+    def begin_run(self) -> str:
+        """Start a new run: every row written from now on carries its id.
+
+        An entry whose ``run_id`` is the current one was written by this run,
+        which is how a bulk run tells a key used twice in its input from a key
+        an earlier run left behind.
+        """
+        self.run_id = uuid.uuid4().hex
+        return self.run_id
 
     async def open(self) -> Journal:
         """Open (creating the file and table if needed)."""
@@ -100,6 +118,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(operations)")}
+        if "run_id" not in columns:  # a journal made before run ids
+            self._db.execute("ALTER TABLE operations ADD COLUMN run_id TEXT")
 
     async def close(self) -> None:
         """Close the database and its thread, after any batch still being written."""
@@ -131,10 +152,14 @@ class Journal:
     async def _flush(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
-            now = time.time()
+            now, run_id = time.time(), self.run_id
             reads = [item if kind == "get" else item[0] for kind, item, _ in batch if kind != "put"]
-            writes = [(*item, now) for kind, item, _ in batch if kind == "put"]
-            claims = [(*item, now) for kind, item, _ in batch if kind == "claim"]
+            writes = [(*item, now, run_id) for kind, item, _ in batch if kind == "put"]
+            first_claims: dict[str, tuple[Any, ...]] = {}  # a key claimed twice in one batch: the first
+            for kind, item, _ in batch:
+                if kind == "claim":
+                    first_claims.setdefault(item[0], item)
+            claims = [(*item, now, run_id) for item in first_claims.values()]
             try:
                 found = await self._run(self._transaction, reads, writes, claims)
             except BaseException as error:
@@ -146,9 +171,16 @@ class Journal:
                     continue
                 raise
             for kind, item, future in batch:
-                if not future.done():
-                    key = item if kind == "get" else item[0]
-                    future.set_result(found.get(key) if kind != "put" else None)
+                if future.done():
+                    continue
+                if kind == "put":
+                    future.set_result(None)
+                elif kind == "get":
+                    future.set_result(found.get(item))
+                elif item[0] in found or first_claims[item[0]] is item:
+                    future.set_result(found.get(item[0]))  # the earlier entry, or None: claimed now
+                else:  # claimed by an earlier claim of this batch
+                    future.set_result(attrs.evolve(JournalEntry(*first_claims[item[0]]), run_id=run_id))
 
     def _transaction(
         self, keys: list[str], rows: list[tuple[Any, ...]], claims: list[tuple[Any, ...]]
@@ -163,8 +195,9 @@ class Journal:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for row in db.execute(f"SELECT * FROM operations WHERE key IN ({marks})", chunk):  # noqa: S608
-                    found[row[0]] = JournalEntry(*row[:10])
+                query = f"SELECT {_ENTRY_COLUMNS} FROM operations WHERE key IN ({marks})"  # noqa: S608
+                for row in db.execute(query, chunk):
+                    found[row[0]] = JournalEntry(*row)
             if rows:
                 db.executemany(_UPSERT, rows)
             if claims:
@@ -238,7 +271,9 @@ class Journal:
     def _failures(self) -> list[JournalEntry]:
         rows = (
             self._conn()
-            .execute("SELECT * FROM operations WHERE state != 'succeeded' ORDER BY line, key")
+            .execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM operations WHERE state != 'succeeded' ORDER BY line, key"  # noqa: S608
+            )
             .fetchall()
         )
-        return [JournalEntry(*row[:10]) for row in rows]
+        return [JournalEntry(*row) for row in rows]

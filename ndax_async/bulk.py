@@ -186,8 +186,10 @@ class Bulk:
         self.summary = BulkSummary()
         # Creates in flight, so a minor can wait for its custodian's code.
         self._custodians: dict[str, asyncio.Future[str | None]] = {}
-        # Without a journal, finished creates' codes are kept here for minors.
+        # Without a journal, finished creates' codes are kept here for minors,
+        # and every key's first line, to refuse a key used twice.
         self._created: dict[str, str | None] = {}
+        self._lines: dict[str, int | None] = {}
         self._scope = CallScope()  # the run's limits, made by run()
         self._requests = asyncio.Semaphore(concurrency)
 
@@ -208,8 +210,11 @@ class Bulk:
         self._scope = CallScope(limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry)
         self._requests = asyncio.Semaphore(self.concurrency)
         results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
+        self._lines = {}
         try:
             self.journal = await self._open_journal()
+            if self.journal is not None:
+                self.journal.begin_run()
             producer = asyncio.create_task(self._produce(operations, results))
             try:
                 while (result := await results.get()) is not None:
@@ -294,9 +299,15 @@ class Bulk:
         self, item: Operation | RowError | _Final, deferred: list[Operation]
     ) -> OperationResult | None:
         if isinstance(item, RowError):
-            return await self._record_failure(item.key, None, item.line, "bad_row", item.reason)
+            return await self._fail_unsent(item.key, None, item.line, "bad_row", item.reason)
         final = isinstance(item, _Final)
         op = item.operation if isinstance(item, _Final) else item
+        in_flight = self._custodians.get(op.key)
+        if in_flight is not None:
+            # A create with this key is in flight: let it finish; this one is then
+            # found to be a second use of the key (and is never taken as a custodian).
+            await asyncio.shield(in_flight)
+            return await self._apply(op, deferred, final)
         is_custodian = op.op == "create"
         if is_custodian:
             self._custodians[op.key] = asyncio.get_running_loop().create_future()
@@ -313,7 +324,7 @@ class Bulk:
 
     async def _apply(self, op: Operation, deferred: list[Operation], final: bool) -> OperationResult | None:
         if op.op not in OP_KINDS:
-            return await self._record_failure(op.key, op.op, op.line, "bad_row", f"unknown op {op.op!r}")
+            return await self._fail_unsent(op.key, op.op, op.line, "bad_row", f"unknown op {op.op!r}")
         data = op.data
         if op.op == "create_minor" and op.custodian_key:
             custodian = await self._custodian_code(op.custodian_key, final)
@@ -321,46 +332,57 @@ class Bulk:
                 deferred.append(op)
                 return None
             if custodian is None:
-                if (skipped := await self._already_succeeded(op)) is not None:
-                    return skipped
                 reason = f"custodian {op.custodian_key!r} was not created (see its own row)"
-                return await self._record_failure(op.key, op.op, op.line, "custodian", reason)
+                return await self._fail_unsent(op.key, op.op, op.line, "custodian", reason)
             data = {**_as_mapping(data), "custodian_participant_code": custodian}
         try:
             prepared = self.client._prepare_write(op.op, data, participant_code=op.participant_code)
         except ValidationError as error:
-            if (skipped := await self._already_succeeded(op)) is not None:
-                return skipped  # never overwrite a recorded success with a failure
             problems = "; ".join(str(p) for p in error.problems)
-            return await self._record_failure(op.key, op.op, op.line, "validation", problems)
+            return await self._fail_unsent(op.key, op.op, op.line, "validation", problems)
         if self.journal is None:
+            if (duplicate := self._remember(op.key, op.op, op.line)) is not None:
+                return duplicate
             return await self._send(op, prepared, resent=False)
         # Durably "sending" before the first byte leaves, in one round trip for a new row.
         entry = await self.journal.claim(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
         if entry is None:
             return await self._send(op, prepared, resent=False)
+        if entry.run_id == self.journal.run_id:
+            return _duplicate(op.key, op.op, op.line, first_line=entry.line)
         if entry.state == "succeeded":
-            return self._skipped(op, entry)
+            return _skipped(op.key, op.op, op.line, entry)
         if entry.request_id and entry.payload_hash == prepared.payload_hash:
             prepared = prepared.with_request_id(entry.request_id)  # the id an earlier run sent it with
         await self.journal.sending(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
         return await self._send(op, prepared, resent=entry.state == "sending")
 
-    async def _already_succeeded(self, op: Operation) -> OperationResult | None:
-        """A ``skipped`` result if the journal records ``op`` as succeeded, else ``None``."""
-        entry = await self.journal.get(op.key) if self.journal is not None else None
-        return self._skipped(op, entry) if entry is not None and entry.state == "succeeded" else None
+    def _remember(self, key: str, op: str | None, line: int | None) -> OperationResult | None:
+        """Without a journal: note ``key``'s first use; a failed result if it was used before."""
+        if key in self._lines:
+            return _duplicate(key, op, line, first_line=self._lines[key])
+        self._lines[key] = line
+        return None
 
-    @staticmethod
-    def _skipped(op: Operation, entry: JournalEntry) -> OperationResult:
-        return OperationResult(
-            key=op.key,
-            op=op.op,
-            outcome="skipped",
-            line=op.line,
-            participant_code=entry.participant_code,
-            request_id=entry.request_id,
-        )
+    async def _fail_unsent(
+        self, key: str | None, op: str | None, line: int | None, reason: str, error: str
+    ) -> OperationResult:
+        """The result of an operation refused before sending (bad row, invalid, no custodian).
+
+        It is journaled unless that would overwrite what the journal holds for
+        the key from this run (the key is used twice) or a success from an
+        earlier run (then the operation is ``skipped``, as if it were valid).
+        """
+        if key is not None and self.journal is None:
+            if (duplicate := self._remember(key, op, line)) is not None:
+                return duplicate
+        elif key is not None and self.journal is not None:
+            entry = await self.journal.get(key)
+            if entry is not None and entry.run_id == self.journal.run_id:
+                return _duplicate(key, op, line, first_line=entry.line)
+            if entry is not None and entry.state == "succeeded":
+                return _skipped(key, op, line, entry)
+        return await self._record_failure(key, op, line, reason, error)
 
     async def _send(self, op: Operation, prepared: PreparedWrite, *, resent: bool) -> OperationResult:
         sent = OperationResult(
@@ -430,6 +452,31 @@ class _Final:
 
 
 _LATER = object()
+
+
+def _skipped(key: str, op: str | None, line: int | None, entry: JournalEntry) -> OperationResult:
+    """An operation an earlier run completed, per the journal."""
+    return OperationResult(
+        key=key,
+        op=op,
+        outcome="skipped",
+        line=line,
+        participant_code=entry.participant_code,
+        request_id=entry.request_id,
+    )
+
+
+def _duplicate(key: str, op: str | None, line: int | None, *, first_line: int | None) -> OperationResult:
+    """A key used a second time in one run: reported, never sent, never journaled."""
+    where = f" (first on line {first_line})" if first_line is not None else ""
+    return OperationResult(
+        key=key,
+        op=op,
+        outcome="failed",
+        line=line,
+        reason="bad_row",
+        error=f"key {key!r} is used more than once in this run{where}; this one was not sent",
+    )
 
 
 def _failure_reason(error: Exception) -> str:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from ndax_async import AsyncClient, RetryEvent, RetryPolicy, RetryQuota
+from ndax_async._journal import Journal
 from ndax_async._limits import RateLimiter
 from ndax_async._rows import read_operations
 from ndax_async.bulk import Bulk, Operation, RowError
@@ -95,6 +96,81 @@ async def test_mixed_run_resolves_custodians_and_reports_every_failure(tmp_path:
     minors = [p for p in sandbox.participants.values() if p["_kind"] == "minor"]
     custodians = {p["custodian_participant_code"] for p in minors}
     assert custodians <= set(sandbox.participants)
+
+
+@pytest.mark.parametrize("journaled", [False, True])
+async def test_a_key_used_twice_is_refused_not_sent_twice(journaled: bool, tmp_path: Path) -> None:
+    """A key is one logical operation: its second use in a run fails as a bad row, is
+    never sent, and leaves the first use's journal entry alone."""
+    sandbox = Sandbox(faults=Faults(latency=0.002))  # so uses of one key can overlap
+    rows = creates(12)
+    same = dict(rows[0])  # the very same row again, at once
+    changed = {**rows[5], "data": customer_wire(email="other@mail.com", id_number="OTHER")}  # new payload
+    invalid = {**rows[7], "data": customer_wire(email="nope")}
+    rows[1:1] = [same]
+    rows += [changed, invalid, {"op": "update", "key": "c3", "participant_code": "X", "data": {}}]
+    journal = tmp_path / "j.sqlite" if journaled else None
+    items: list[Operation | RowError] = list(operations(rows))
+    items.append(RowError(line=99, reason="malformed JSON", key="c9"))
+    async with sandbox.client() as client:
+        engine = Bulk(client, concurrency=8, rate=None, journal=journal)
+        results = [r async for r in engine.run(items)]
+    assert len(results) == len(items)  # nothing dropped
+    refused = sorted((r.line or 0, r.key) for r in results if r.outcome == "failed")
+    assert [key for _, key in refused] == ["c0", "c5", "c7", "c3", "c9"]  # by line: each second use
+    for result in (r for r in results if r.outcome == "failed"):
+        assert result.reason == "bad_row"
+        assert "more than once" in str(result.error)
+    assert engine.summary.succeeded == 12
+    assert sandbox.stats["creations"] == 12
+    assert sandbox.stats["duplicates"] == sandbox.stats["duplicate_payloads"] == 0
+    if journaled:
+        with contextlib.closing(sqlite3.connect(tmp_path / "j.sqlite")) as db:
+            states = dict(db.execute("SELECT key, state FROM operations").fetchall())
+            first_line = db.execute("SELECT line FROM operations WHERE key = 'c5'").fetchone()[0]
+        assert set(states.values()) == {"succeeded"}
+        assert len(states) == 12
+        assert first_line == 7  # c5's first use (line 7, after the inserted copy of c0), not its second
+        second_of_c5 = next(r for r in results if r.key == "c5" and r.outcome == "failed")
+        assert "first on line 7" in str(second_of_c5.error)
+
+
+async def test_journal_resolves_two_claims_of_one_key_in_one_batch(tmp_path: Path) -> None:
+    journal = await Journal(tmp_path / "j.sqlite").open()
+    run = journal.begin_run()
+    try:
+        first, second = await asyncio.gather(
+            journal.claim("k", "create", 1, "rid-1", "hash-1"),
+            journal.claim("k", "create", 2, "rid-2", "hash-2"),
+        )
+        assert first is None  # the first claim made the row
+        assert second is not None
+        assert (second.line, second.request_id, second.state, second.run_id) == (1, "rid-1", "sending", run)
+        assert (await journal.get("k")) == second
+    finally:
+        await journal.close()
+
+
+async def test_a_journal_from_before_run_ids_is_migrated_and_resumed(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "CREATE TABLE operations (key TEXT PRIMARY KEY, op TEXT NOT NULL, line INTEGER, request_id TEXT,"
+            " payload_hash TEXT, state TEXT NOT NULL, participant_code TEXT, reason TEXT, error TEXT,"
+            " attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO operations VALUES"
+            " ('c0', 'create', 1, 'r', 'h', 'succeeded', 'OLD001', NULL, NULL, 1, 0)"
+        )
+        db.commit()
+    sandbox = Sandbox()
+    async with sandbox.client() as client:
+        results = [r async for r in Bulk(client, rate=None, journal=path).run(operations(creates(3)))]
+    outcomes = {r.key: (r.outcome, r.participant_code) for r in results}
+    assert outcomes["c0"] == ("skipped", "OLD001")
+    assert outcomes["c1"][0] == outcomes["c2"][0] == "succeeded"
+    assert sandbox.stats["creations"] == 2
 
 
 async def test_an_interrupted_run_resumes_exactly_once(tmp_path: Path) -> None:
