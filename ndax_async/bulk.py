@@ -5,10 +5,8 @@ any sync or async iterable, streamed (memory stays bounded by the concurrency,
 not the input), and yields an :class:`OperationResult` per operation as it
 finishes; :attr:`Bulk.summary` totals them.
 
-- Concurrency is a fixed number of requests in flight, kept at or below the
-  client's connection pool, so tasks never queue for a connection. With a
-  journal, up to twice as many operations are in the engine, so requests keep
-  flowing while the journal records the others.
+- Concurrency is a fixed number of in-flight operations, kept at or below the
+  client's connection pool, so tasks never queue for a connection.
 - Every attempt passes a rate limiter (the platform allows 2,000 requests per
   10 s per IP; the default is 180/s), and a 429 pauses every request.
 - A retry budget shared by the run (:class:`~ndax_async.RetryQuota`) stops
@@ -43,10 +41,6 @@ __all__ = ["Bulk", "BulkSummary", "Operation", "OperationResult", "RowError"]
 OpKind = Literal["create", "create_minor", "update"]
 OP_KINDS: tuple[str, ...] = ("create", "create_minor", "update")
 DEFAULT_RATE = 180.0  # 90% of the documented 2,000 requests per 10 seconds
-# With a journal, an operation also waits for its rows to commit, before and
-# after its request. Letting twice ``concurrency`` operations in keeps the
-# requests in flight at ``concurrency`` while others are being recorded.
-JOURNAL_HEADROOM = 2
 
 
 @attrs.frozen(kw_only=True)
@@ -191,7 +185,6 @@ class Bulk:
         self._created: dict[str, str | None] = {}
         self._lines: dict[str, int | None] = {}
         self._scope = CallScope()  # the run's limits, made by run()
-        self._requests = asyncio.Semaphore(concurrency)
 
     async def run(
         self, operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]
@@ -208,7 +201,6 @@ class Bulk:
         if self.rate:
             limiter = RateLimiter(self.rate, burst=max(1.0, self.rate / 10), clock=self.client._clock)
         self._scope = CallScope(limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry)
-        self._requests = asyncio.Semaphore(self.concurrency)
         results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         self._lines = {}
         try:
@@ -254,7 +246,7 @@ class Bulk:
         operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError],
         results: asyncio.Queue[OperationResult | None],
     ) -> None:
-        slots = asyncio.Semaphore(self.concurrency * (JOURNAL_HEADROOM if self.journal is not None else 1))
+        slots = asyncio.Semaphore(self.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         deferred: list[Operation] = []
 
@@ -394,8 +386,7 @@ class Bulk:
             resent=resent,
         )
         try:
-            async with self._requests:
-                record = await self.client._execute(prepared, scope=self._scope)
+            record = await self.client._execute(prepared, scope=self._scope)
         except (APIError, TransportError) as error:
             result = attrs.evolve(
                 sent, reason=_failure_reason(error), error=str(error), attempts=error.attempts
