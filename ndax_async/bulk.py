@@ -365,14 +365,15 @@ class Bulk:
         the key from this run (the key is used twice) or a success from an
         earlier run (then the operation is ``skipped``, as if it were valid).
         """
-        if key is not None and self.journal is None:
+        if key is None:
+            return await self._record_failure(key, op, line, reason, error)
+        if self.journal is None:
             if (duplicate := self._remember(key, op, line)) is not None:
                 return duplicate
-        elif key is not None and self.journal is not None:
-            entry = await self.journal.get(key)
-            if entry is not None and entry.run_id == self.journal.run_id:
+        elif (entry := await self.journal.get(key)) is not None:
+            if entry.run_id == self.journal.run_id:
                 return _duplicate(key, op, line, first_line=entry.line)
-            if entry is not None and entry.state == "succeeded":
+            if entry.state == "succeeded":
                 return _skipped(key, op, line, entry)
         return await self._record_failure(key, op, line, reason, error)
 
