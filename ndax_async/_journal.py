@@ -10,9 +10,14 @@ only awaits.
 
 Reads and writes from concurrent operations are *group-committed*: whatever
 arrives while one batch is in the database goes, together, into the next
-transaction, and each caller resumes only once its batch is committed. A
-write is as durable as before; a busy run pays one commit per batch instead
-of one per row.
+transaction, and a caller that waits resumes only once its batch is
+committed; a busy run pays one commit per batch instead of one per row.
+Outcomes (:meth:`Journal.finished`) need not be waited for: they are
+committed with the next batch, and a read queued after a write sees it.
+
+If a transaction fails (disk full, file removed, locked for too long), the
+journal stops: the failed batch's callers and every later call get
+:class:`~ndax_async.errors.JournalError`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+
+from .errors import JournalError
 
 __all__ = ["Journal", "JournalEntry"]
 
@@ -94,8 +101,9 @@ class Journal:
         self.path = str(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ndax-journal")
         self._db: sqlite3.Connection | None = None
-        self._queued: list[tuple[str, Any, asyncio.Future[Any]]] = []
+        self._queued: list[tuple[str, Any, asyncio.Future[Any] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._failure: JournalError | None = None
         self.run_id: str | None = None
 
     def begin_run(self) -> str:
@@ -131,6 +139,13 @@ class Journal:
             self._db = None
         self._executor.shutdown(wait=True)
 
+    async def drain(self) -> None:
+        """Wait until everything queued is committed; raise :class:`JournalError` if it could not be."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])
+        if self._failure is not None:
+            raise self._failure
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -138,19 +153,25 @@ class Journal:
         """Queue a read (``kind="get"``, a key), a claim or a write (``"put"``, a row) for
         the next group-committed transaction; the future is done once it is committed.
 
-        A plain function returning the future (not a coroutine): two of these per
-        bulk operation, so the frames saved are measurable.
+        A plain function returning the future (not a coroutine): one or two of these
+        per bulk operation, so the frames saved are measurable.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((kind, item, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(kind, item, future)
         # A caller cancelled now stops waiting, but its row is in the batch and is
         # still committed (a "sending" row is then resent by the next run).
         return future
 
+    def _enqueue(self, kind: str, item: Any, future: asyncio.Future[Any] | None) -> None:
+        """Add to the next batch (``future`` None: nobody waits), starting the flusher if idle."""
+        if self._failure is not None:
+            raise self._failure
+        self._queued.append((kind, item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
     async def _flush(self) -> None:
-        while self._queued:
+        while self._queued and self._failure is None:
             batch, self._queued = self._queued, []
             now, run_id = time.time(), self.run_id
             reads = [item if kind == "get" else item[0] for kind, item, _ in batch if kind != "put"]
@@ -163,15 +184,17 @@ class Journal:
             try:
                 found = await self._run(self._transaction, reads, writes, claims)
             except BaseException as error:
-                failure = error if isinstance(error, sqlite3.Error) else RuntimeError("the journal stopped")
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(failure)
-                if isinstance(error, sqlite3.Error):
-                    continue
+                self._failure = JournalError(f"the journal {self.path!r} could not be written: {error!r}")
+                self._failure.__cause__ = error
+                for _, _, future in batch + self._queued:
+                    if future is not None and not future.done():
+                        future.set_exception(self._failure)
+                self._queued = []
+                if isinstance(error, Exception):
+                    return
                 raise
             for kind, item, future in batch:
-                if future.done():
+                if future is None or future.done():
                     continue
                 if kind == "put":
                     future.set_result(None)
@@ -185,21 +208,20 @@ class Journal:
     def _transaction(
         self, keys: list[str], rows: list[tuple[Any, ...]], claims: list[tuple[Any, ...]]
     ) -> dict[str, JournalEntry]:
-        """One transaction: read ``keys``, write ``rows``, insert ``claims`` that are new.
-
-        All committed or none."""
+        """One transaction: write ``rows``, read ``keys`` (seeing those writes), insert
+        ``claims`` that are new. All committed or none."""
         db = self._conn()
         found: dict[str, JournalEntry] = {}
         try:
             db.execute("BEGIN")
+            if rows:
+                db.executemany(_UPSERT, rows)
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 query = f"SELECT {_ENTRY_COLUMNS} FROM operations WHERE key IN ({marks})"  # noqa: S608
                 for row in db.execute(query, chunk):
                     found[row[0]] = JournalEntry(*row)
-            if rows:
-                db.executemany(_UPSERT, rows)
             if claims:
                 db.executemany(_INSERT_NEW, claims)
             db.execute("COMMIT")
@@ -250,11 +272,16 @@ class Journal:
         reason: str | None = None,
         error: str | None = None,
         attempts: int = 0,
-    ) -> Awaitable[None]:
-        """Record the outcome of ``key``."""
+    ) -> None:
+        """Record the outcome of ``key`` with the next commit, without waiting for it.
+
+        Reads queued later see it; :meth:`drain` waits until it is committed.
+        Not waiting is safe: until it is committed the key stays ``sending``,
+        which a later run resends with the same request_id, and the API replays.
+        """
         state = "succeeded" if succeeded else "failed"
         row = (key, op, line, request_id, payload_hash, state, participant_code, reason, error, attempts)
-        return self._batched("put", row)
+        self._enqueue("put", row, None)
 
     async def counts(self) -> dict[str, int]:
         """How many operations are in each state."""

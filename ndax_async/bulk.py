@@ -5,15 +5,18 @@ any sync or async iterable, streamed (memory stays bounded by the concurrency,
 not the input), and yields an :class:`OperationResult` per operation as it
 finishes; :attr:`Bulk.summary` totals them.
 
-- Concurrency is a fixed number of in-flight operations, kept at or below the
-  client's connection pool, so tasks never queue for a connection.
+- Concurrency is a fixed number of workers, each running one operation at a
+  time, kept at or below the client's connection pool, so requests never
+  queue for a connection.
 - Every attempt passes a rate limiter (the platform allows 2,000 requests per
   10 s per IP; the default is 180/s), and a 429 pauses every request.
 - A retry budget shared by the run (:class:`~ndax_async.RetryQuota`) stops
   thousands of operations retrying at once against a failing server.
 - With a journal (SQLite), each operation is recorded before it is sent and
-  after; a run killed at any instant and started again skips what succeeded
-  and resends what was in flight with the same request_id.
+  its outcome after (with the next commit); a run killed at any instant and
+  started again skips what succeeded and resends what was in flight with the
+  same request_id. A journal that cannot be written stops the run with
+  :class:`~ndax_async.errors.JournalError`.
 - Nothing is dropped: a row that is malformed, invalid or refused becomes a
   ``failed`` result with its line and reason, and the run goes on.
 """
@@ -34,7 +37,7 @@ from ._limits import RateLimiter, RetryQuota
 from ._retry import RetryEvent
 from ._transport import CallScope
 from .client import AsyncClient, PreparedWrite
-from .errors import APIError, TransportError, ValidationError
+from .errors import APIError, JournalError, TransportError, ValidationError
 
 __all__ = ["Bulk", "BulkSummary", "Operation", "OperationResult", "RowError"]
 
@@ -194,6 +197,8 @@ class Bulk:
         To stop early, close the iterator (``async with
         contextlib.aclosing(engine.run(ops)) as results``): in-flight operations
         are cancelled and the next run with the same journal resends them.
+        Raises :class:`~ndax_async.errors.JournalError` if the journal cannot be
+        written, and whatever the input raises, after the results before it.
         """
         self.summary = BulkSummary()
         # The run's limits travel with its calls; the shared client is not touched.
@@ -219,8 +224,12 @@ class Bulk:
                     await asyncio.gather(producer, return_exceptions=True)
         finally:
             self.summary.finished = time.monotonic()
-            if self.journal is not None and not isinstance(self._journal_spec, Journal):
-                await self.journal.close()
+            if self.journal is not None:
+                try:
+                    await self.journal.drain()  # every outcome committed before the run ends
+                finally:
+                    if not isinstance(self._journal_spec, Journal):
+                        await self.journal.close()
 
     async def run_all(
         self, operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]
@@ -246,46 +255,62 @@ class Bulk:
         operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError],
         results: asyncio.Queue[OperationResult | None],
     ) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
-        tasks: set[asyncio.Task[None]] = set()
         deferred: list[Operation] = []
-
-        async def one(item: Operation | RowError | _Final) -> None:
-            try:
-                try:
-                    result = await self._process(item, deferred)
-                except Exception as error:  # a bug must not lose the row or stop the run
-                    op = item.operation if isinstance(item, _Final) else item
-                    result = await self._record_failure(
-                        op.key, getattr(op, "op", None), op.line, "internal", repr(error)
-                    )
-                if result is not None:
-                    await results.put(result)
-            finally:
-                slots.release()
-
-        async def start(item: Operation | RowError | _Final) -> None:
-            await slots.acquire()
-            task = asyncio.create_task(one(item))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
         try:
-            async for item in _aiter(operations):
-                await start(item)
-            await asyncio.gather(*list(tasks))
+            await self._work(_aiter(operations), deferred, results)
             # Minors whose custodian came later in the input, now that all is read.
-            for item in deferred:
-                await start(_Final(item))
-            await asyncio.gather(*list(tasks))
-        except BaseException:
-            # Stopped early (the caller closed the results): in-flight operations
-            # stay "sending" in the journal and are resent by the next run.
-            for task in list(tasks):
-                task.cancel()
-            await asyncio.gather(*list(tasks), return_exceptions=True)
+            await self._work(_aiter([_Final(item) for item in deferred]), deferred, results)
+        except Exception:
+            await results.put(None)  # wake the consumer; run() then raises this error
             raise
         await results.put(None)
+
+    async def _work(
+        self,
+        items: AsyncIterator[Operation | RowError | _Final],
+        deferred: list[Operation],
+        results: asyncio.Queue[OperationResult | None],
+    ) -> None:
+        """Run ``items`` on ``concurrency`` workers, each taking the next item when it is done.
+
+        A worker goes from one operation's end to the next one's start without
+        yielding to the loop, so operations released by one journal commit reach
+        the next commit together.
+        """
+        reading = asyncio.Lock()  # an async generator must not be advanced twice at once
+
+        async def worker() -> None:
+            while True:
+                async with reading:
+                    item = await anext(items, None)
+                if item is None:
+                    return
+                result = await self._guarded(item, deferred)
+                if result is not None:
+                    await results.put(result)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            # Stopped early (the caller closed the results, or the journal failed):
+            # in-flight operations stay "sending" in the journal and are resent by the next run.
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+
+    async def _guarded(
+        self, item: Operation | RowError | _Final, deferred: list[Operation]
+    ) -> OperationResult | None:
+        """Process one item; a bug becomes that row's ``internal`` failure, never a lost row."""
+        try:
+            return await self._process(item, deferred)
+        except JournalError:
+            raise  # the journal cannot record: stop the run, as a crash would
+        except Exception as error:
+            op = item.operation if isinstance(item, _Final) else item
+            return self._record_failure(op.key, getattr(op, "op", None), op.line, "internal", repr(error))
 
     async def _process(
         self, item: Operation | RowError | _Final, deferred: list[Operation]
@@ -366,7 +391,7 @@ class Bulk:
         earlier run (then the operation is ``skipped``, as if it were valid).
         """
         if key is None:
-            return await self._record_failure(key, op, line, reason, error)
+            return self._record_failure(key, op, line, reason, error)
         if self.journal is None:
             if (duplicate := self._remember(key, op, line)) is not None:
                 return duplicate
@@ -375,7 +400,7 @@ class Bulk:
                 return _duplicate(key, op, line, first_line=entry.line)
             if entry.state == "succeeded":
                 return _skipped(key, op, line, entry)
-        return await self._record_failure(key, op, line, reason, error)
+        return self._record_failure(key, op, line, reason, error)
 
     async def _send(self, op: Operation, prepared: PreparedWrite, *, resent: bool) -> OperationResult:
         sent = OperationResult(
@@ -399,7 +424,7 @@ class Bulk:
                 participant_code=record.participant_code or op.participant_code,
                 attempts=record.attempts,
             )
-        return await self._journal_result(result)
+        return self._journal_result(result)
 
     async def _custodian_code(self, key: str, final: bool) -> str | object | None:
         """The custodian's participant_code, ``None`` if it failed, or ``_LATER``."""
@@ -414,16 +439,22 @@ class Bulk:
             return self._created[key]
         return None if final else _LATER
 
-    async def _record_failure(
+    def _record_failure(
         self, key: str | None, op: str | None, line: int | None, reason: str, error: str
     ) -> OperationResult:
         result = OperationResult(key=key, op=op, outcome="failed", line=line, reason=reason, error=error)
-        return await self._journal_result(result)
+        return self._journal_result(result)
 
-    async def _journal_result(self, result: OperationResult) -> OperationResult:
-        """Record a finished operation's outcome (rows without a key cannot be journaled)."""
+    def _journal_result(self, result: OperationResult) -> OperationResult:
+        """Queue a finished operation's outcome for the journal's next commit (rows without a key
+        cannot be journaled).
+
+        Not awaited: the result is reported now, and the row is committed with the
+        next batch. A crash in between leaves the operation ``sending``, and the next
+        run resends it with the same request_id, which the API replays.
+        """
         if self.journal is not None and result.key is not None:
-            await self.journal.finished(
+            self.journal.finished(
                 result.key,
                 result.op or "?",
                 result.line,

@@ -6,6 +6,7 @@ Every exception derives from :class:`NDAXError`::
     ├── ConfigurationError (ValueError)     bad credentials or options, raised at construction
     ├── ValidationError (ValueError)        a payload refused before any request: every problem, by field
     ├── ClientClosedError (RuntimeError)    the client was used after aclose()
+    ├── JournalError                        a bulk run's journal could not be written; the run stops
     ├── TransportError                      no HTTP response after every allowed attempt
     │   ├── ConnectError                    connection refused, reset, dropped, protocol error
     │   └── RequestTimeout (TimeoutError)   a timeout, or the call's deadline ran out
@@ -113,6 +114,15 @@ class ValidationError(NDAXError, ValueError):
 
 class ClientClosedError(NDAXError, RuntimeError):
     """The client was used after ``aclose()`` (or after its ``async with`` block)."""
+
+
+class JournalError(NDAXError):
+    """A bulk run's journal could not be written (disk full, file removed, locked too long).
+
+    The run stops, as a crash would: what it reported stands, and the next run
+    with the same journal resends what was in flight with the same request_id.
+    The SQLite error is the ``__cause__``.
+    """
 
 
 class TransportError(NDAXError):

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ndax_async import AsyncClient, RetryEvent, RetryPolicy, RetryQuota
+from ndax_async import AsyncClient, JournalError, RetryEvent, RetryPolicy, RetryQuota
 from ndax_async._journal import Journal
 from ndax_async._limits import RateLimiter
 from ndax_async._rows import read_operations
@@ -149,6 +149,89 @@ async def test_journal_resolves_two_claims_of_one_key_in_one_batch(tmp_path: Pat
         assert (await journal.get("k")) == second
     finally:
         await journal.close()
+
+
+async def test_an_outcome_nobody_waited_for_is_seen_by_a_later_read(tmp_path: Path) -> None:
+    """finished() queues the outcome without waiting; a read queued after it, even in
+    the same commit, sees it, and drain() returns once it is on disk."""
+    journal = await Journal(tmp_path / "j.sqlite").open()
+    journal.begin_run()
+    try:
+        assert await journal.claim("k", "create", 1, "rid-1", "hash-1") is None
+        journal.finished("k", "create", 1, succeeded=True, participant_code="P1", attempts=1)
+        entry = await journal.get("k")  # in the same batch as the outcome
+        assert entry is not None
+        assert (entry.state, entry.participant_code, entry.request_id) == ("succeeded", "P1", "rid-1")
+        journal.finished("k", "create", 1, succeeded=False, reason="server", error="boom")
+        await journal.drain()
+    finally:
+        await journal.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "j.sqlite")) as db:
+        assert db.execute("SELECT state, reason FROM operations").fetchall() == [("failed", "server")]
+
+
+class _FailingJournal(Journal):
+    """A journal whose ``fail_at``-th transaction fails like a full disk."""
+
+    def __init__(self, path: Path, fail_at: int) -> None:
+        super().__init__(path)
+        self.transactions = 0
+        self.fail_at = fail_at
+
+    def _transaction(self, *args: Any) -> Any:
+        self.transactions += 1
+        if self.transactions == self.fail_at:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super()._transaction(*args)
+
+
+async def test_a_journal_that_cannot_write_stops_the_run_and_a_rerun_is_exactly_once(tmp_path: Path) -> None:
+    sandbox = Sandbox()
+    rows = creates(40)
+    path = tmp_path / "j.sqlite"
+    journal = await _FailingJournal(path, fail_at=4).open()
+    reported = []
+    async with sandbox.client() as client:
+        engine = Bulk(client, concurrency=4, rate=None, journal=journal)
+
+        async def consume() -> None:
+            async for result in engine.run(operations(rows)):
+                reported.append(result)
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait([task], timeout=30)  # a hang, not slowness, fails this
+        assert task.done(), "the run hung instead of stopping"
+        error = task.exception()
+        assert isinstance(error, JournalError)
+        assert "disk is full" in str(error)
+        assert isinstance(error.__cause__, sqlite3.OperationalError)
+        with pytest.raises(JournalError):  # stopped for good, not half-working
+            await journal.get("c0")
+        await journal.close()
+        assert 0 < len(reported) < len(rows)
+        assert all(r.outcome == "succeeded" for r in reported)
+
+        summary = await Bulk(client, concurrency=4, rate=None, journal=path).run_all(operations(rows))
+    assert summary.failed == 0
+    assert summary.succeeded + summary.skipped == len(rows)
+    assert sandbox.stats["creations"] == len(rows)  # what the first run sent is replayed, not applied again
+    assert sandbox.stats["duplicates"] == sandbox.stats["duplicate_payloads"] == 0
+
+
+async def test_an_input_that_raises_stops_the_run_with_its_error() -> None:
+    def broken() -> Iterator[Operation]:
+        yield from operations(creates(5))
+        raise OSError("the input file went away")
+
+    sandbox = Sandbox()
+    async with sandbox.client() as client:
+        engine = Bulk(client, concurrency=2, rate=None)
+        task = asyncio.create_task(engine.run_all(broken()))
+        await asyncio.wait([task], timeout=30)  # a hang, not slowness, fails this
+        assert task.done(), "the run hung instead of stopping"
+        with pytest.raises(OSError, match="went away"):
+            task.result()
+    assert sandbox.stats["creations"] <= 5
 
 
 async def test_a_journal_from_before_run_ids_is_migrated_and_resumed(tmp_path: Path) -> None:
