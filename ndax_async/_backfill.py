@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from ._rows import count_rows, read_operations
 from .bulk import Bulk, BulkSummary, Operation, OperationResult, RowError
 from .client import AsyncClient
-from .errors import ValidationError
+from .errors import JournalError, ValidationError
 
 __all__ = ["backfill", "dry_run", "report"]
 
@@ -90,22 +90,29 @@ async def backfill(
     results: Path,
     out: TextIO | None = None,
 ) -> int:
-    """Run the file; exit status 0 only when every row succeeded (or was already done)."""
+    """Run the file; exit status 0 only when every row succeeded (or was already done),
+    2 when the journal could not be written (the run stopped; run it again to resume)."""
     total = await asyncio.to_thread(count_rows, path)
     progress = _Progress(total)
     writer = _ResultsFile(results)
     await writer.open()
     engine = Bulk(client, concurrency=concurrency, rate=rate, journal=journal)
+    stopped: JournalError | None = None
     try:
         async for result in engine.run(read_operations(path)):
             await writer.add(result)
             progress.update(engine.summary)
+    except JournalError as error:
+        stopped = error
     finally:
         await writer.close()
     progress.update(engine.summary, final=True)
     summary = engine.summary
     print(summary.describe(), file=out)
     print(f"results: {results}  journal: {journal}", file=out)
+    if stopped is not None:
+        print(f"stopped: {stopped}; fix that and run the same command again to resume", file=out)
+        return 2
     if summary.failed:
         print(f"{summary.failed} row(s) failed; fix them and run the same command again to resume:", file=out)
         async for result in _failed_results(results):

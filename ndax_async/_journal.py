@@ -117,8 +117,11 @@ class Journal:
         return self.run_id
 
     async def open(self) -> Journal:
-        """Open (creating the file and table if needed)."""
-        await self._run(self._open)
+        """Open (creating the file and table if needed); :class:`JournalError` if it cannot be."""
+        try:
+            await self._run(self._open)
+        except sqlite3.Error as error:
+            raise JournalError(f"the journal {self.path!r} could not be opened: {error!r}") from error
         return self
 
     def _open(self) -> None:

@@ -537,6 +537,17 @@ def test_backfill_cli_dry_run_and_report(tmp_path: Path, capsys: pytest.CaptureF
     assert "line 2 key c1: failed validation" in out
     assert sandbox.stats["creations"] == 2
 
+    unwritable = tmp_path / "no-such-folder" / "j.sqlite"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert main(["backfill", str(source), "--journal", str(unwritable)]) == 2
+    out = capsys.readouterr().out
+    assert "stopped: the journal" in out
+    assert "could not be opened" in out
+    assert "run the same command again to resume" in out
+    assert sandbox.stats["creations"] == 2
+
 
 async def test_resent_operation_reuses_the_journaled_request_id(tmp_path: Path) -> None:
     """Even in random-id mode, an operation in flight when a run died is resent with its recorded id."""
