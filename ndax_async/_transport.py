@@ -76,7 +76,11 @@ class Transport:
         limiter: RateLimiter | None = None,
         quota: RetryQuota | None = None,
         user_agent: str = "ndax-async",
+        max_in_flight: int | None = None,
     ) -> None:
+        # Attempts beyond ``max_in_flight`` wait here, before they are signed, not in
+        # the sender's pool after it: a signature is never older than its send.
+        self.slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
         self.limiter = limiter
         self.quota = quota
         self.sender = sender
@@ -222,18 +226,17 @@ class _Call:
                 return Outcome(error=_DeadlineExceeded())
             timeout = remaining if timeout is None else min(timeout, remaining)
         self.attempts += 1
-        timestamp = str(int(transport.clock.time()))
-        signed = self.body if self.body is not None else EMPTY_BODY
-        headers = transport.credentials.headers(timestamp, self.method, self.route, signed)
-        headers.update(_JSON_HEADERS if self.body is not None else _GET_HEADERS)
-        headers["User-Agent"] = transport.user_agent
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s attempt %d request_id=%s", self.method, self.route, self.attempts, self.request_id
             )
         try:
-            async with attempt_timeout(timeout):  # the whole attempt, pool wait to last byte
-                response = await transport.sender.send(self.method, self.url, headers, self.body, timeout)
+            async with attempt_timeout(timeout):  # the whole attempt: the wait for a turn to the last byte
+                if transport.slots is None:
+                    response = await self._sign_and_send(timeout)
+                else:
+                    async with transport.slots:
+                        response = await self._sign_and_send(timeout)
         except httpx.TransportError as error:
             return Outcome(error=error)
         except asyncio.TimeoutError:
@@ -243,6 +246,16 @@ class _Call:
             limit = self.policy.rate_limit_pause if pause is None else pause
             transport.pause.block(min(limit, self.policy.retry_after_max))
         return Outcome(response=response)
+
+    async def _sign_and_send(self, timeout: float | None) -> RawResponse:
+        """Sign with the current time, then send at once."""
+        transport = self.transport
+        timestamp = str(int(transport.clock.time()))
+        signed = self.body if self.body is not None else EMPTY_BODY
+        headers = transport.credentials.headers(timestamp, self.method, self.route, signed)
+        headers.update(_JSON_HEADERS if self.body is not None else _GET_HEADERS)
+        headers["User-Agent"] = transport.user_agent
+        return await transport.sender.send(self.method, self.url, headers, self.body, timeout)
 
     def should_retry(self, state: RetryCallState) -> bool:
         outcome = _outcome_of(state)

@@ -123,6 +123,8 @@ class AsyncClient:
             raise ConfigurationError("request_ids must be 'derived' or 'random'") from None
         self.request_id_namespace = request_id_namespace
         self._send_request_id = _endpoint_flags(send_request_id)
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be at least 1")
         self._sender = _sender(http_client, transport, http_backend, max_connections, verify)
         self._clock: Clock = clock or SystemClock()
         self.rate_limit_pause = RateLimitPause(self._clock)
@@ -138,6 +140,7 @@ class AsyncClient:
             else None,
             quota=retry_quota,
             user_agent=f"ndax-async/{__version__}",
+            max_in_flight=max_connections,
         )
         self._closed = False
         self.customers = Customers(self)

@@ -248,6 +248,8 @@ def test_configuration_errors() -> None:
         AsyncClient(api_key="k", api_secret=API_SECRET, passphrase="p", send_request_id={"delete": False})
     with pytest.raises(ConfigurationError):
         AsyncClient(api_key="k", api_secret=API_SECRET, passphrase="p", max_retries=-1)
+    with pytest.raises(ConfigurationError, match="max_connections"):
+        AsyncClient(api_key="k", api_secret=API_SECRET, passphrase="p", max_connections=0)
 
 
 def test_from_env() -> None:
@@ -272,6 +274,38 @@ async def test_request_id_can_be_turned_off_per_endpoint(clock: FakeClock, mock:
         minor = await client.customers.create_minor(minor_wire())
     assert route.calls.last.request.content == dumps(minor_wire())
     assert minor.request_id is None
+
+
+async def test_a_call_waiting_for_a_connection_is_signed_when_its_turn_comes(clock: FakeClock) -> None:
+    """Calls beyond max_connections wait before they are signed, so a signature is
+    never older than its send (the API accepts about 60 s of skew)."""
+    release = asyncio.Event()
+    sent: list[tuple[str, float]] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent.append((request.headers["X-NDAX-TIMESTAMP"], clock.time()))
+        if len(sent) == 1:
+            await release.wait()  # the first call holds the only connection
+        return ok({"participant_code": f"P{len(sent)}"})
+
+    async with AsyncClient(
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        passphrase=PASSPHRASE,
+        transport=httpx.MockTransport(answer),
+        max_connections=1,
+        clock=clock,
+    ) as client:
+        first = asyncio.create_task(client.customers.create(customer_wire(email="a@mail.com")))
+        second = asyncio.create_task(client.customers.create(customer_wire(email="b@mail.com")))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(sent) == 1  # the second call waits for the connection
+        clock.advance(45)
+        release.set()
+        await asyncio.gather(first, second)
+    assert [int(stamp) for stamp, _ in sent] == [int(now) for _, now in sent]
+    assert int(sent[1][0]) - int(sent[0][0]) == 45
 
 
 async def test_closing_the_client_stops_a_call_that_is_waiting_to_retry(clock: FakeClock) -> None:
