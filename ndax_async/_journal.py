@@ -177,11 +177,16 @@ class Journal:
         while self._queued and self._failure is None:
             batch, self._queued = self._queued, []
             now, run_id = time.time(), self.run_id
-            reads = [item if kind == "get" else item[0] for kind, item, _ in batch if kind != "put"]
-            writes = [(*item, now, run_id) for kind, item, _ in batch if kind == "put"]
+            reads: list[str] = []
+            writes: list[tuple[Any, ...]] = []
             first_claims: dict[str, tuple[Any, ...]] = {}  # a key claimed twice in one batch: the first
             for kind, item, _ in batch:
-                if kind == "claim":
+                if kind == "put":
+                    writes.append((*item, now, run_id))
+                elif kind == "get":
+                    reads.append(item)
+                else:
+                    reads.append(item[0])
                     first_claims.setdefault(item[0], item)
             claims = [(*item, now, run_id) for item in first_claims.values()]
             try:
