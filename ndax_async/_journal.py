@@ -94,6 +94,11 @@ class JournalEntry:
     """Which run wrote the entry last (see :meth:`Journal.begin_run`)."""
 
 
+def _entry(row: tuple[Any, ...]) -> JournalEntry:
+    """The entry a written row (see :meth:`Journal._row`) stands for."""
+    return attrs.evolve(JournalEntry(*row[:10]), run_id=row[11])
+
+
 class Journal:
     """An SQLite journal at ``path`` (``":memory:"`` for none on disk)."""
 
@@ -176,19 +181,18 @@ class Journal:
     async def _flush(self) -> None:
         while self._queued and self._failure is None:
             batch, self._queued = self._queued, []
-            now, run_id = time.time(), self.run_id
             reads: list[str] = []
             writes: list[tuple[Any, ...]] = []
             first_claims: dict[str, tuple[Any, ...]] = {}  # a key claimed twice in one batch: the first
             for kind, item, _ in batch:
                 if kind == "put":
-                    writes.append((*item, now, run_id))
+                    writes.append(item)
                 elif kind == "get":
                     reads.append(item)
                 else:
                     reads.append(item[0])
                     first_claims.setdefault(item[0], item)
-            claims = [(*item, now, run_id) for item in first_claims.values()]
+            claims = list(first_claims.values())
             try:
                 found = await self._run(self._transaction, reads, writes, claims)
             except BaseException as error:
@@ -208,16 +212,20 @@ class Journal:
                     future.set_result(None)
                 elif kind == "get":
                     future.set_result(found.get(item))
-                elif item[0] in found or first_claims[item[0]] is item:
+                elif first_claims[item[0]] is item:
                     future.set_result(found.get(item[0]))  # the earlier entry, or None: claimed now
-                else:  # claimed by an earlier claim of this batch
-                    future.set_result(attrs.evolve(JournalEntry(*first_claims[item[0]]), run_id=run_id))
+                else:  # a later claim of a key claimed earlier in this batch
+                    claimed, entry = first_claims[item[0]], found.get(item[0])
+                    if entry is None or entry.run_id != claimed[11]:  # the first claim took it
+                        entry = attrs.evolve(entry or _entry(claimed), line=claimed[2], run_id=claimed[11])
+                    future.set_result(entry)
 
     def _transaction(
         self, keys: list[str], rows: list[tuple[Any, ...]], claims: list[tuple[Any, ...]]
     ) -> dict[str, JournalEntry]:
         """One transaction: write ``rows``, read ``keys`` (seeing those writes), insert
-        ``claims`` that are new. All committed or none."""
+        ``claims`` that are new, and mark the claimed keys an earlier run left as this
+        run's (so a second use in this run is seen as one). All committed or none."""
         db = self._conn()
         found: dict[str, JournalEntry] = {}
         try:
@@ -232,6 +240,10 @@ class Journal:
                     found[row[0]] = JournalEntry(*row)
             if claims:
                 db.executemany(_INSERT_NEW, claims)
+                # a claim is (key, op, line, ..., updated_at, run_id)
+                taken = [(c[-1], c[2], c[0]) for c in claims if c[0] in found and found[c[0]].run_id != c[-1]]
+                if taken:
+                    db.executemany("UPDATE operations SET run_id = ?, line = ? WHERE key = ?", taken)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -258,14 +270,15 @@ class Journal:
         (skip it, or resend it with its recorded request_id via :meth:`sending`).
         One round trip where :meth:`get` then :meth:`sending` take two.
         """
-        row = (key, op, line, request_id, payload_hash, "sending", None, None, None, 0)
+        row = self._row(key, op, line, request_id, payload_hash, "sending", None, None, None, 0)
         return self._batched("claim", row)
 
     def sending(
         self, key: str, op: str, line: int | None, request_id: str | None, payload_hash: str
     ) -> Awaitable[None]:
         """Record, durably, that ``key`` is about to be sent with ``request_id``."""
-        return self._batched("put", (key, op, line, request_id, payload_hash, "sending", None, None, None, 0))
+        row = self._row(key, op, line, request_id, payload_hash, "sending", None, None, None, 0)
+        return self._batched("put", row)
 
     def finished(
         self,
@@ -288,8 +301,18 @@ class Journal:
         which a later run resends with the same request_id, and the API replays.
         """
         state = "succeeded" if succeeded else "failed"
-        row = (key, op, line, request_id, payload_hash, state, participant_code, reason, error, attempts)
+        row = self._row(
+            key, op, line, request_id, payload_hash, state, participant_code, reason, error, attempts
+        )
         self._enqueue("put", row, None)
+
+    def _row(self, *columns: Any) -> tuple[Any, ...]:
+        """A row as written: ``columns`` (key to attempts), then the time and the run id now.
+
+        Taken when the row is queued, not when it is committed: an outcome queued
+        by one run and committed after the next run began is still the first run's.
+        """
+        return (*columns, time.time(), self.run_id)
 
     async def counts(self) -> dict[str, int]:
         """How many operations are in each state."""

@@ -151,6 +151,28 @@ async def test_journal_resolves_two_claims_of_one_key_in_one_batch(tmp_path: Pat
         await journal.close()
 
 
+async def test_journal_gives_a_key_an_earlier_run_left_to_the_first_claim_of_a_batch(tmp_path: Path) -> None:
+    journal = await Journal(tmp_path / "j.sqlite").open()
+    earlier = journal.begin_run()
+    try:
+        await journal.claim("k", "create", 1, "rid-1", "hash-1")
+        journal.finished("k", "create", 1, succeeded=True, participant_code="P1")
+        now = journal.begin_run()
+        first, second = await asyncio.gather(
+            journal.claim("k", "create", 4, "rid-1", "hash-1"),
+            journal.claim("k", "create", 6, "rid-1", "hash-1"),
+        )
+        assert first is not None
+        assert second is not None
+        assert (first.state, first.run_id) == ("succeeded", earlier)  # the first use: skip it
+        assert (second.run_id, second.line) == (now, 4)  # the second: this run's, since line 4
+        entry = await journal.get("k")
+        assert entry is not None
+        assert (entry.state, entry.participant_code, entry.run_id, entry.line) == ("succeeded", "P1", now, 4)
+    finally:
+        await journal.close()
+
+
 async def test_an_outcome_nobody_waited_for_is_seen_by_a_later_read(tmp_path: Path) -> None:
     """finished() queues the outcome without waiting; a read queued after it, even in
     the same commit, sees it, and drain() returns once it is on disk."""
@@ -254,6 +276,26 @@ async def test_a_journal_from_before_run_ids_is_migrated_and_resumed(tmp_path: P
     assert outcomes["c0"] == ("skipped", "OLD001")
     assert outcomes["c1"][0] == outcomes["c2"][0] == "succeeded"
     assert sandbox.stats["creations"] == 2
+
+
+async def test_a_key_used_twice_in_a_resumed_run_is_skipped_once_then_refused(tmp_path: Path) -> None:
+    """A key an earlier run completed is skipped on its first use in the new run and
+    refused as a second use after that, as in a fresh run (whether or not both
+    uses reach the journal in the same commit)."""
+    path = tmp_path / "j.sqlite"
+    sandbox = Sandbox()
+    rows = creates(3)
+    async with sandbox.client() as client:
+        await Bulk(client, rate=None, journal=path).run_all(operations(rows))
+        resumed = [rows[1], rows[0], rows[0], rows[2], rows[0]]
+        engine = Bulk(client, concurrency=4, rate=None, journal=path)
+        results = [r async for r in engine.run(operations(resumed))]
+    by_line = {r.line: r for r in results}
+    assert [by_line[n].outcome for n in (1, 2, 4)] == ["skipped"] * 3
+    for line in (3, 5):
+        assert (by_line[line].outcome, by_line[line].reason) == ("failed", "bad_row")
+        assert "first on line 2" in str(by_line[line].error)
+    assert sandbox.stats["creations"] == 3
 
 
 async def test_an_interrupted_run_resumes_exactly_once(tmp_path: Path) -> None:
