@@ -282,8 +282,8 @@ class Bulk:
         async def worker() -> None:
             while True:
                 async with reading:
-                    item = await anext(items, None)
-                if item is None:
+                    item = await anext(items, _END)
+                if item is _END:
                     return
                 result = await self._guarded(item, deferred)
                 if result is not None:
@@ -300,10 +300,12 @@ class Bulk:
             await asyncio.gather(*workers, return_exceptions=True)
             raise
 
-    async def _guarded(
-        self, item: Operation | RowError | _Final, deferred: list[Operation]
-    ) -> OperationResult | None:
-        """Process one item; a bug becomes that row's ``internal`` failure, never a lost row."""
+    async def _guarded(self, item: object, deferred: list[Operation]) -> OperationResult | None:
+        """Process one item; anything else in the input becomes a ``bad_row`` failure, and a
+        bug becomes that row's ``internal`` failure: never a lost row or a stopped run."""
+        if not isinstance(item, (Operation, RowError, _Final)):
+            error = f"not an Operation or RowError: {type(item).__name__}"
+            return self._record_failure(None, None, None, "bad_row", error)
         try:
             return await self._process(item, deferred)
         except JournalError:
@@ -475,6 +477,7 @@ class _Final:
 
 
 _LATER = object()
+_END = object()  # the input is exhausted (a sentinel: None could be an input item)
 
 
 def _skipped(key: str, op: str | None, line: int | None, entry: JournalEntry) -> OperationResult:

@@ -240,6 +240,18 @@ async def test_a_journal_that_cannot_write_stops_the_run_and_a_rerun_is_exactly_
     assert sandbox.stats["duplicates"] == sandbox.stats["duplicate_payloads"] == 0
 
 
+async def test_items_that_are_not_operations_are_reported_and_the_run_goes_on() -> None:
+    sandbox = Sandbox()
+    items: list[Any] = [None, *operations(creates(2)), {"op": "create"}, "c9"]
+    async with sandbox.client() as client:
+        results = [r async for r in Bulk(client, concurrency=2, rate=None).run(items)]
+    assert len(results) == len(items)  # None did not end the input early
+    refused = sorted(str(r.error) for r in results if r.outcome == "failed")
+    assert refused == [f"not an Operation or RowError: {name}" for name in ("NoneType", "dict", "str")]
+    assert all(r.reason == "bad_row" for r in results if r.outcome == "failed")
+    assert sandbox.stats["creations"] == 2
+
+
 async def test_an_input_that_raises_stops_the_run_with_its_error() -> None:
     def broken() -> Iterator[Operation]:
         yield from operations(creates(5))
