@@ -5,75 +5,53 @@ its request_id and payload hash) and *after* (``succeeded`` with the
 participant_code, or ``failed`` with the reason). A run killed at any instant
 and started again finds: succeeded rows to skip, and in-flight or failed rows
 to resend with the *same* request_id, so the server replays instead of
-applying twice. Every SQLite call runs on one dedicated thread; the event loop
-only awaits.
+applying twice.
+
+The SQLite work (:mod:`ndax_async._journal_writer`) runs in a small child
+process that only this journal talks to, over pipes the event loop reads
+without blocking. A process, not a thread: a thread shares the GIL with the
+loop and can only write while the loop waits, whereas the child commits one
+batch while the loop works on the operations the previous commit released.
+Where no child process can be started (a frozen application, an event loop
+without subprocess support) the same work runs on one thread instead.
 
 Reads and writes from concurrent operations are *group-committed*: whatever
-arrives while one batch is in the database goes, together, into the next
+arrives while a batch is being written goes, together, into the next
 transaction, and a caller that waits resumes only once its batch is
 committed; a busy run pays one commit per batch instead of one per row.
 Outcomes (:meth:`Journal.finished`) need not be waited for: they are
 committed with the next batch, and a read queued after a write sees it.
 
-If a transaction fails (disk full, file removed, locked for too long), the
-journal stops: the failed batch's callers and every later call get
-:class:`~ndax_async.errors.JournalError`.
+If a transaction fails (disk full, file removed, locked for too long), or the
+child process dies, the journal stops: the batch's callers and every later
+call get :class:`~ndax_async.errors.JournalError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import marshal
+import os
 import sqlite3
+import struct
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal
 
 import attrs
 
+from . import _journal_writer as writer
 from .errors import JournalError
 
 __all__ = ["Journal", "JournalEntry"]
 
-T = TypeVar("T")
-
-_UPSERT = (
-    "INSERT INTO operations (key, op, line, request_id, payload_hash, state, participant_code,"
-    " reason, error, attempts, updated_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT(key) DO UPDATE SET op=excluded.op, line=excluded.line,"
-    " request_id=COALESCE(excluded.request_id, request_id),"
-    " payload_hash=COALESCE(excluded.payload_hash, payload_hash), state=excluded.state,"
-    " participant_code=excluded.participant_code, reason=excluded.reason, error=excluded.error,"
-    " attempts=excluded.attempts, updated_at=excluded.updated_at, run_id=excluded.run_id"
-)
-
-_INSERT_NEW = (
-    "INSERT INTO operations (key, op, line, request_id, payload_hash, state, participant_code,"
-    " reason, error, attempts, updated_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT(key) DO NOTHING"
-)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS operations (
-    key TEXT PRIMARY KEY,
-    op TEXT NOT NULL,
-    line INTEGER,
-    request_id TEXT,
-    payload_hash TEXT,
-    state TEXT NOT NULL,
-    participant_code TEXT,
-    reason TEXT,
-    error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL,
-    run_id TEXT
-)
-"""
-_ENTRY_COLUMNS = (
-    "key, op, line, request_id, payload_hash, state, participant_code, reason, error, attempts, run_id"
-)
+Answer = tuple[bool, Any]  # (True, result) or (False, (error class name, message))
+WriterKind = Literal["auto", "process", "thread"]
 
 
 @attrs.frozen
@@ -99,13 +77,126 @@ def _entry(row: tuple[Any, ...]) -> JournalEntry:
     return attrs.evolve(JournalEntry(*row[:10]), run_id=row[11])
 
 
-class Journal:
-    """An SQLite journal at ``path`` (``":memory:"`` for none on disk)."""
+class _ProcessWriter:
+    """Runs :mod:`~ndax_async._journal_writer` in a child process; answers come back in order."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+    depth = 2  # batches in flight: the child writes one while the loop works on the last one's results
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._process: asyncio.subprocess.Process | None = None
+        self._waiting: collections.deque[asyncio.Future[Answer]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> Answer:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",  # isolated: no user site, PYTHON* variables or current folder on the path
+            "-S",  # and no site-packages: the writer needs the standard library only
+            writer.__file__,
+            self.path,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        opened = await self._answer()
+        if opened[0]:
+            self._reader = asyncio.create_task(self._read_answers())
+        return opened
+
+    def call(self, *request: Any) -> asyncio.Future[Answer]:
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        stdin = self._process.stdin if self._process is not None else None
+        if stdin is None or self._reader is None or self._reader.done():
+            future.set_result(_EXITED)
+            return future
+        self._waiting.append(future)
+        stdin.write(writer.frame(request))
+        return future
+
+    async def close(self) -> None:
+        if self._process is None:
+            return
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        await self._process.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _answer(self) -> Answer:
+        stdout = self._process.stdout if self._process is not None else None
+        if stdout is None:
+            return _EXITED
+        try:
+            head = await stdout.readexactly(4)
+            data = await stdout.readexactly(struct.unpack(">I", head)[0])
+        except asyncio.IncompleteReadError:
+            return _EXITED
+        answer: Answer = marshal.loads(data)  # noqa: S302 (from our own child, on a pipe only we hold)
+        return answer
+
+    async def _read_answers(self) -> None:
+        while (answer := await self._answer()) is not _EXITED:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(answer)
+        while self._waiting:  # the child is gone: nothing more will be answered
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(_EXITED)
+
+
+_EXITED: Answer = (False, ("WriterExited", "the journal's writer process exited"))
+
+
+class _ThreadWriter:
+    """Runs the same :func:`~ndax_async._journal_writer.handle` on one thread (a fallback)."""
+
+    depth = 1  # a thread writes only while the loop waits (the GIL), so one batch at a time
+
+    def __init__(self, path: str) -> None:
+        self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ndax-journal")
         self._db: sqlite3.Connection | None = None
+
+    async def start(self) -> Answer:
+        try:
+            self._db = await asyncio.get_running_loop().run_in_executor(
+                self._executor, writer.connect, self.path
+            )
+        except sqlite3.Error as error:
+            return False, (type(error).__name__, str(error))
+        return True, None
+
+    def call(self, *request: Any) -> asyncio.Future[Answer]:
+        assert self._db is not None
+        return asyncio.wrap_future(self._executor.submit(writer.handle, self._db, request))
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+
+def _can_start_a_process() -> bool:
+    """A child Python can run the writer script: not a frozen app, and the script is a file."""
+    return not getattr(sys, "frozen", False) and os.path.isfile(writer.__file__)
+
+
+class Journal:
+    """An SQLite journal at ``path`` (``":memory:"`` for none on disk).
+
+    ``writer`` picks where the SQLite work runs: ``"process"`` (a child
+    process), ``"thread"``, or ``"auto"`` (the default: a process where one
+    can be started, else a thread).
+    """
+
+    def __init__(self, path: str | Path, *, writer: WriterKind = "auto") -> None:
+        if writer not in ("auto", "process", "thread"):
+            raise ValueError("writer must be 'auto', 'process' or 'thread'")
+        self.path = str(path)
+        self.writer_kind = writer
+        self._writer: _ProcessWriter | _ThreadWriter | None = None
         self._queued: list[tuple[str, Any, asyncio.Future[Any] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: JournalError | None = None
@@ -123,29 +214,35 @@ class Journal:
 
     async def open(self) -> Journal:
         """Open (creating the file and table if needed); :class:`JournalError` if it cannot be."""
-        try:
-            await self._run(self._open)
-        except sqlite3.Error as error:
-            raise JournalError(f"the journal {self.path!r} could not be opened: {error!r}") from error
+        kind = self.writer_kind
+        if kind == "auto":
+            kind = "process" if _can_start_a_process() else "thread"
+        opened: Answer | None = None
+        if kind == "process":
+            self._writer = _ProcessWriter(self.path)
+            try:
+                opened = await self._writer.start()
+            except (NotImplementedError, OSError) as error:  # this loop or platform cannot start one
+                if self.writer_kind == "process":
+                    raise JournalError(f"cannot start the journal's writer process: {error!r}") from error
+                kind = "thread"
+        if kind == "thread":
+            self._writer = _ThreadWriter(self.path)
+            opened = await self._writer.start()
+        assert opened is not None
+        ok, detail = opened
+        if not ok:
+            await self.close()
+            raise _journal_error(f"the journal {self.path!r} could not be opened", detail)
         return self
 
-    def _open(self) -> None:
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
-        self._db.execute(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(operations)")}
-        if "run_id" not in columns:  # a journal made before run ids
-            self._db.execute("ALTER TABLE operations ADD COLUMN run_id TEXT")
-
     async def close(self) -> None:
-        """Close the database and its thread, after any batch still being written."""
+        """Close the database (and its process or thread), after any batch still being written."""
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
-        self._executor.shutdown(wait=True)
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
 
     async def drain(self) -> None:
         """Wait until everything queued is committed; raise :class:`JournalError` if it could not be."""
@@ -153,9 +250,6 @@ class Journal:
             await asyncio.wait([self._flusher])
         if self._failure is not None:
             raise self._failure
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _batched(self, kind: str, item: Any) -> asyncio.Future[Any]:
         """Queue a read (``kind="get"``, a key), a claim or a write (``"put"``, a row) for
@@ -179,82 +273,82 @@ class Journal:
             self._flusher = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
-        while self._queued and self._failure is None:
-            batch, self._queued = self._queued, []
-            reads: list[str] = []
-            writes: list[tuple[Any, ...]] = []
-            first_claims: dict[str, tuple[Any, ...]] = {}  # a key claimed twice in one batch: the first
-            for kind, item, _ in batch:
-                if kind == "put":
-                    writes.append(item)
-                elif kind == "get":
-                    reads.append(item)
-                else:
-                    reads.append(item[0])
-                    first_claims.setdefault(item[0], item)
-            claims = list(first_claims.values())
-            try:
-                found = await self._run(self._transaction, reads, writes, claims)
-            except BaseException as error:
-                self._failure = JournalError(f"the journal {self.path!r} could not be written: {error!r}")
-                self._failure.__cause__ = error
-                for _, _, future in batch + self._queued:
-                    if future is not None and not future.done():
-                        future.set_exception(self._failure)
-                self._queued = []
-                if isinstance(error, Exception):
-                    return
-                raise
-            for kind, item, future in batch:
-                if future is None or future.done():
-                    continue
-                if kind == "put":
-                    future.set_result(None)
-                elif kind == "get":
-                    future.set_result(found.get(item))
-                elif first_claims[item[0]] is item:
-                    future.set_result(found.get(item[0]))  # the earlier entry, or None: claimed now
-                else:  # a later claim of a key claimed earlier in this batch
-                    claimed, entry = first_claims[item[0]], found.get(item[0])
-                    if entry is None or entry.run_id != claimed[11]:  # the first claim took it
-                        entry = attrs.evolve(entry or _entry(claimed), line=claimed[2], run_id=claimed[11])
-                    future.set_result(entry)
-
-    def _transaction(
-        self, keys: list[str], rows: list[tuple[Any, ...]], claims: list[tuple[Any, ...]]
-    ) -> dict[str, JournalEntry]:
-        """One transaction: write ``rows``, read ``keys`` (seeing those writes), insert
-        ``claims`` that are new, and mark the claimed keys an earlier run left as this
-        run's (so a second use in this run is seen as one). All committed or none."""
-        db = self._conn()
-        found: dict[str, JournalEntry] = {}
+        """Write the queued rows in batches, up to the writer's ``depth`` at once, in order."""
+        assert self._writer is not None
+        depth = self._writer.depth
+        in_flight: collections.deque[tuple[list[Any], dict[str, tuple[Any, ...]], asyncio.Future[Answer]]]
+        in_flight = collections.deque()
         try:
-            db.execute("BEGIN")
-            if rows:
-                db.executemany(_UPSERT, rows)
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT {_ENTRY_COLUMNS} FROM operations WHERE key IN ({marks})"  # noqa: S608
-                for row in db.execute(query, chunk):
-                    found[row[0]] = JournalEntry(*row)
-            if claims:
-                db.executemany(_INSERT_NEW, claims)
-                # a claim is (key, op, line, ..., updated_at, run_id)
-                taken = [(c[-1], c[2], c[0]) for c in claims if c[0] in found and found[c[0]].run_id != c[-1]]
-                if taken:
-                    db.executemany("UPDATE operations SET run_id = ?, line = ? WHERE key = ?", taken)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.rollback()
-            raise
-        return found
+            while (self._queued or in_flight) and self._failure is None:
+                while self._queued and len(in_flight) < depth:
+                    if depth > 1 and not in_flight and len(self._queued) > 1:
+                        # Nothing being written: send half now and half next, so that the
+                        # loop works on the first half's results while the second is written.
+                        half = (len(self._queued) + 1) // 2
+                        batch, self._queued = self._queued[:half], self._queued[half:]
+                    else:
+                        batch, self._queued = self._queued, []
+                    in_flight.append(self._send(batch))
+                batch, first_claims, answer = in_flight[0]
+                ok, result = await answer
+                if not ok:  # the batch stays in flight, so the failure reaches its callers
+                    raise _journal_error(f"the journal {self.path!r} could not be written", result)
+                in_flight.popleft()
+                self._settle(batch, first_claims, {row[0]: JournalEntry(*row) for row in result})
+                if in_flight:
+                    await asyncio.sleep(0)  # the released operations queue their next rows first
+        except BaseException as error:
+            failure = (
+                error if isinstance(error, JournalError) else JournalError(f"the journal stopped: {error!r}")
+            )
+            if failure is not error:
+                failure.__cause__ = error
+            self._failure = failure
+            for batch, _, _ in in_flight:
+                self._queued[:0] = batch
+            for _, _, future in self._queued:
+                if future is not None and not future.done():
+                    future.set_exception(failure)
+            self._queued = []
+            if not isinstance(error, Exception):
+                raise
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the journal is not open")
-        return self._db
+    def _send(self, batch: list[Any]) -> tuple[list[Any], dict[str, tuple[Any, ...]], asyncio.Future[Answer]]:
+        """Hand ``batch`` to the writer as one transaction."""
+        assert self._writer is not None
+        reads: list[str] = []
+        writes: list[tuple[Any, ...]] = []
+        first_claims: dict[str, tuple[Any, ...]] = {}  # a key claimed twice in one batch: the first
+        for kind, item, _ in batch:
+            if kind == "put":
+                writes.append(item)
+            elif kind == "get":
+                reads.append(item)
+            else:
+                reads.append(item[0])
+                first_claims.setdefault(item[0], item)
+        answer = self._writer.call("commit", reads, writes, list(first_claims.values()))
+        return batch, first_claims, answer
+
+    @staticmethod
+    def _settle(
+        batch: list[Any], first_claims: dict[str, tuple[Any, ...]], found: dict[str, JournalEntry]
+    ) -> None:
+        """Resolve the futures of a committed batch."""
+        for kind, item, future in batch:
+            if future is None or future.done():
+                continue
+            if kind == "put":
+                future.set_result(None)
+            elif kind == "get":
+                future.set_result(found.get(item))
+            elif first_claims[item[0]] is item:
+                future.set_result(found.get(item[0]))  # the earlier entry, or None: claimed now
+            else:  # a later claim of a key claimed earlier in this batch
+                claimed, entry = first_claims[item[0]], found.get(item[0])
+                if entry is None or entry.run_id != claimed[11]:  # the first claim took it
+                    entry = attrs.evolve(entry or _entry(claimed), line=claimed[2], run_id=claimed[11])
+                future.set_result(entry)
 
     def get(self, key: str) -> Awaitable[JournalEntry | None]:
         """The entry for ``key``, if any."""
@@ -316,22 +410,28 @@ class Journal:
 
     async def counts(self) -> dict[str, int]:
         """How many operations are in each state."""
-        return await self._run(self._counts)
-
-    def _counts(self) -> dict[str, int]:
-        rows = self._conn().execute("SELECT state, COUNT(*) FROM operations GROUP BY state").fetchall()
+        rows = await self._query("counts")
         return {state: count for state, count in rows}
 
     async def failures(self) -> list[JournalEntry]:
         """Every operation whose last recorded state is not ``succeeded``."""
-        return await self._run(self._failures)
+        return [JournalEntry(*row) for row in await self._query("failures")]
 
-    def _failures(self) -> list[JournalEntry]:
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM operations WHERE state != 'succeeded' ORDER BY line, key"  # noqa: S608
-            )
-            .fetchall()
-        )
-        return [JournalEntry(*row) for row in rows]
+    async def _query(self, kind: str) -> Any:
+        if self._writer is None:
+            raise RuntimeError("the journal is not open")
+        ok, result = await self._writer.call(kind)
+        if not ok:
+            raise _journal_error(f"the journal {self.path!r} could not be read", result)
+        return result
+
+
+def _journal_error(what: str, detail: tuple[str, str]) -> JournalError:
+    """A :class:`JournalError` for a writer's ``(error class name, message)``; the SQLite
+    error, rebuilt, is its cause."""
+    name, message = detail
+    error = JournalError(f"{what}: {name}: {message}")
+    cause_type = getattr(sqlite3, name, None)
+    if isinstance(cause_type, type) and issubclass(cause_type, sqlite3.Error):
+        error.__cause__ = cause_type(message)
+    return error

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from ndax_async import AsyncClient, JournalError, RetryEvent, RetryPolicy, RetryQuota
-from ndax_async._journal import Journal
+from ndax_async._journal import Journal, WriterKind
 from ndax_async._limits import RateLimiter
 from ndax_async._rows import read_operations
 from ndax_async.bulk import Bulk, Operation, RowError
@@ -28,6 +29,7 @@ from ndax_async.testing import FakeClock, Faults, Sandbox, SandboxServer
 from .helpers import customer_wire, minor_wire
 
 FAST = RetryPolicy(backoff_initial=0.001, backoff_max=0.01, rate_limit_pause=0.01)
+WRITERS = pytest.mark.parametrize("writer", ["process", "thread"])  # where a journal's SQLite work runs
 
 
 def creates(customers: int) -> list[dict[str, Any]]:
@@ -135,8 +137,11 @@ async def test_a_key_used_twice_is_refused_not_sent_twice(journaled: bool, tmp_p
         assert "first on line 7" in str(second_of_c5.error)
 
 
-async def test_journal_resolves_two_claims_of_one_key_in_one_batch(tmp_path: Path) -> None:
-    journal = await Journal(tmp_path / "j.sqlite").open()
+@WRITERS
+async def test_journal_resolves_two_claims_of_one_key_in_one_batch(
+    tmp_path: Path, writer: WriterKind
+) -> None:
+    journal = await Journal(tmp_path / "j.sqlite", writer=writer).open()
     run = journal.begin_run()
     try:
         first, second = await asyncio.gather(
@@ -151,8 +156,11 @@ async def test_journal_resolves_two_claims_of_one_key_in_one_batch(tmp_path: Pat
         await journal.close()
 
 
-async def test_journal_gives_a_key_an_earlier_run_left_to_the_first_claim_of_a_batch(tmp_path: Path) -> None:
-    journal = await Journal(tmp_path / "j.sqlite").open()
+@WRITERS
+async def test_journal_gives_a_key_an_earlier_run_left_to_the_first_claim_of_a_batch(
+    tmp_path: Path, writer: WriterKind
+) -> None:
+    journal = await Journal(tmp_path / "j.sqlite", writer=writer).open()
     earlier = journal.begin_run()
     try:
         await journal.claim("k", "create", 1, "rid-1", "hash-1")
@@ -173,10 +181,13 @@ async def test_journal_gives_a_key_an_earlier_run_left_to_the_first_claim_of_a_b
         await journal.close()
 
 
-async def test_an_outcome_nobody_waited_for_is_seen_by_a_later_read(tmp_path: Path) -> None:
+@WRITERS
+async def test_an_outcome_nobody_waited_for_is_seen_by_a_later_read(
+    tmp_path: Path, writer: WriterKind
+) -> None:
     """finished() queues the outcome without waiting; a read queued after it, even in
     the same commit, sees it, and drain() returns once it is on disk."""
-    journal = await Journal(tmp_path / "j.sqlite").open()
+    journal = await Journal(tmp_path / "j.sqlite", writer=writer).open()
     journal.begin_run()
     try:
         assert await journal.claim("k", "create", 1, "rid-1", "hash-1") is None
@@ -192,26 +203,50 @@ async def test_an_outcome_nobody_waited_for_is_seen_by_a_later_read(tmp_path: Pa
         assert db.execute("SELECT state, reason FROM operations").fetchall() == [("failed", "server")]
 
 
-class _FailingJournal(Journal):
-    """A journal whose ``fail_at``-th transaction fails like a full disk."""
+async def _journal_failing_at(path: Path, commit: int, how: str, patch: pytest.MonkeyPatch) -> Journal:
+    """A journal whose ``commit``-th transaction fails: on a full disk (its thread writer's
+    SQLite raises), or because its writer process is killed."""
+    from ndax_async import _journal_writer
 
-    def __init__(self, path: Path, fail_at: int) -> None:
-        super().__init__(path)
-        self.transactions = 0
-        self.fail_at = fail_at
+    journal = await Journal(path, writer="thread" if how == "disk full" else "process").open()
+    commits = 0
+    if how == "disk full":
+        real = _journal_writer.commit
 
-    def _transaction(self, *args: Any) -> Any:
-        self.transactions += 1
-        if self.transactions == self.fail_at:
-            raise sqlite3.OperationalError("database or disk is full")
-        return super()._transaction(*args)
+        def commit_or_fail(*args: Any) -> Any:
+            nonlocal commits
+            commits += 1
+            if commits == commit:
+                raise sqlite3.OperationalError("database or disk is full")
+            return real(*args)
+
+        patch.setattr(_journal_writer, "commit", commit_or_fail)
+    else:
+        writer = journal._writer
+        assert writer is not None
+        real_call = writer.call
+
+        def call_or_kill(*request: Any) -> Any:
+            nonlocal commits
+            commits += request[0] == "commit"
+            if commits == commit:
+                process = getattr(writer, "_process", None)
+                assert process is not None
+                process.kill()
+            return real_call(*request)
+
+        patch.setattr(writer, "call", call_or_kill)
+    return journal
 
 
-async def test_a_journal_that_cannot_write_stops_the_run_and_a_rerun_is_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["disk full", "writer process killed"])
+async def test_a_journal_that_cannot_write_stops_the_run_and_a_rerun_is_exactly_once(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sandbox = Sandbox()
     rows = creates(40)
     path = tmp_path / "j.sqlite"
-    journal = await _FailingJournal(path, fail_at=4).open()
+    journal = await _journal_failing_at(path, 4, how, monkeypatch)
     reported = []
     async with sandbox.client() as client:
         engine = Bulk(client, concurrency=4, rate=None, journal=journal)
@@ -225,11 +260,15 @@ async def test_a_journal_that_cannot_write_stops_the_run_and_a_rerun_is_exactly_
         assert task.done(), "the run hung instead of stopping"
         error = task.exception()
         assert isinstance(error, JournalError)
-        assert "disk is full" in str(error)
-        assert isinstance(error.__cause__, sqlite3.OperationalError)
+        if how == "disk full":
+            assert "disk is full" in str(error)
+            assert isinstance(error.__cause__, sqlite3.OperationalError)
+        else:
+            assert "writer process exited" in str(error)
         with pytest.raises(JournalError):  # stopped for good, not half-working
             await journal.get("c0")
         await journal.close()
+        monkeypatch.undo()
         assert 0 < len(reported) < len(rows)
         assert all(r.outcome == "succeeded" for r in reported)
 
@@ -266,6 +305,55 @@ async def test_an_input_that_raises_stops_the_run_with_its_error() -> None:
         with pytest.raises(OSError, match="went away"):
             task.result()
     assert sandbox.stats["creations"] <= 5
+
+
+async def test_journal_falls_back_to_a_thread_where_no_process_can_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def cannot(*args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("this event loop has no subprocess support")
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", cannot)
+    journal = await Journal(tmp_path / "j.sqlite").open()
+    try:
+        journal.begin_run()
+        assert await journal.claim("k", "create", 1, "rid", "hash") is None
+        assert (await journal.counts()) == {"sending": 1}
+        assert type(journal._writer).__name__ == "_ThreadWriter"
+    finally:
+        await journal.close()
+    with pytest.raises(JournalError, match="cannot start the journal's writer process"):
+        await Journal(tmp_path / "j.sqlite", writer="process").open()
+
+
+def test_the_writer_process_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """No orphan: the child sees its input close when the parent dies, and exits."""
+    script = (
+        "import asyncio, sys\n"
+        "from ndax_async._journal import Journal\n"
+        "async def main():\n"
+        "    journal = await Journal(sys.argv[1], writer='process').open()\n"
+        "    print(journal._writer._process.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "j.sqlite")], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    with parent.stdout:
+        writer_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(200):  # up to 10 s: a hang guard, not a timing assertion
+        try:
+            os.kill(writer_pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(writer_pid, os.WNOHANG)
+        time.sleep(0.05)
+    raise AssertionError(f"the writer process {writer_pid} outlived its parent")
 
 
 async def test_a_journal_from_before_run_ids_is_migrated_and_resumed(tmp_path: Path) -> None:
