@@ -180,7 +180,7 @@ class _ThreadWriter:
 
 def _can_start_a_process() -> bool:
     """A child Python can run the writer script: not a frozen app, and the script is a file."""
-    return not getattr(sys, "frozen", False) and os.path.isfile(writer.__file__)
+    return bool(sys.executable) and not getattr(sys, "frozen", False) and os.path.isfile(writer.__file__)
 
 
 class Journal:

@@ -165,4 +165,9 @@ def serve(path: str, requests: BinaryIO, answers: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # Ctrl+C reaches the whole process group: the parent decides, and this process
+    # ends when the parent closes its input (after the last batch is committed).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)

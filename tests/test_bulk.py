@@ -326,6 +326,22 @@ async def test_journal_falls_back_to_a_thread_where_no_process_can_start(
         await Journal(tmp_path / "j.sqlite", writer="process").open()
 
 
+async def test_ctrl_c_is_left_to_the_parent_not_the_writer_process(tmp_path: Path) -> None:
+    """SIGINT reaches a terminal's whole process group; the writer ignores it and goes on,
+    so an interrupted run can still commit its last outcomes."""
+    journal = await Journal(tmp_path / "j.sqlite", writer="process").open()
+    try:
+        journal.begin_run()
+        process = getattr(journal._writer, "_process", None)
+        assert process is not None
+        process.send_signal(signal.SIGINT)
+        assert await journal.claim("k", "create", 1, "rid", "hash") is None
+        assert (await journal.counts()) == {"sending": 1}
+        assert process.returncode is None
+    finally:
+        await journal.close()
+
+
 def test_the_writer_process_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
     """No orphan: the child sees its input close when the parent dies, and exits."""
     script = (
