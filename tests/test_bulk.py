@@ -666,6 +666,46 @@ def test_killed_backfill_resumes_exactly_once(tmp_path: Path) -> None:
     assert all(r["outcome"] in ("succeeded", "skipped") for r in results)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups")
+def test_ctrl_c_stops_a_backfill_cleanly_and_it_resumes_exactly_once(tmp_path: Path) -> None:
+    """Ctrl+C (SIGINT to the terminal's process group, journal writer included) stops the
+    run with KeyboardInterrupt, not a journal error, after committing every outcome it
+    reported; the next run finishes exactly once."""
+    rows = creates(300)
+    source = tmp_path / "ops.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sandbox = Sandbox(faults=Faults(latency=0.002))
+    with SandboxServer(sandbox) as server:
+        env = {
+            **os.environ,
+            **{f"NDAX_{k.upper()}": v for k, v in sandbox.credentials.items()},
+            "NDAX_BASE_URL": server.base_url,
+        }
+        command = [sys.executable, "-m", "ndax_async.cli", "backfill", str(source), "--rate", "200"]
+        process = subprocess.Popen(
+            command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        results = tmp_path / "ops.jsonl.results.jsonl"
+        for _ in range(600):  # until it is mid-run (a hang guard, not a timing assertion)
+            if results.exists() and results.stat().st_size > 0:
+                break
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert "KeyboardInterrupt" in stderr
+        assert "JournalError" not in stderr
+        assert sandbox.stats["creations"] < len(rows), "Ctrl+C came too late; the test proved nothing"
+        reported = [json.loads(line) for line in results.read_text().splitlines()]
+        with contextlib.closing(sqlite3.connect(tmp_path / "ops.jsonl.journal.sqlite")) as db:
+            states = dict(db.execute("SELECT key, state FROM operations").fetchall())
+        assert reported
+        assert all(states[r["key"]] == "succeeded" for r in reported)  # each reported outcome committed
+        final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert sandbox.stats["creations"] == len(rows)
+    assert sandbox.stats["duplicates"] == sandbox.stats["duplicate_payloads"] == 0
+
+
 def test_backfill_cli_dry_run_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from ndax_async.cli import main
 
