@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from ndax_async import AsyncClient, JournalError, RetryEvent, RetryPolicy, RetryQuota
-from ndax_async._journal import Journal, WriterKind
+from ndax_async._journal import Journal
 from ndax_async._limits import RateLimiter
 from ndax_async._rows import read_operations
 from ndax_async.bulk import Bulk, Operation, RowError
@@ -29,7 +29,6 @@ from ndax_async.testing import FakeClock, Faults, Sandbox, SandboxServer
 from .helpers import customer_wire, minor_wire
 
 FAST = RetryPolicy(backoff_initial=0.001, backoff_max=0.01, rate_limit_pause=0.01)
-WRITERS = pytest.mark.parametrize("writer", ["process", "thread"])  # where a journal's SQLite work runs
 
 
 def creates(customers: int) -> list[dict[str, Any]]:
@@ -137,69 +136,60 @@ async def test_a_key_used_twice_is_refused_not_sent_twice(journaled: bool, tmp_p
         assert "first on line 7" in str(second_of_c5.error)
 
 
-@WRITERS
-async def test_journal_resolves_two_claims_of_one_key_in_one_batch(
-    tmp_path: Path, writer: WriterKind
-) -> None:
-    journal = await Journal(tmp_path / "j.sqlite", writer=writer).open()
+@pytest.fixture(params=["process", "thread"])
+async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
+    """An open journal at ``tmp_path / "j.sqlite"``, on each kind of writer."""
+    opened = await Journal(tmp_path / "j.sqlite", writer=request.param).open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_journal_resolves_two_claims_of_one_key_in_one_batch(journal: Journal) -> None:
     run = journal.begin_run()
-    try:
-        first, second = await asyncio.gather(
-            journal.claim("k", "create", 1, "rid-1", "hash-1"),
-            journal.claim("k", "create", 2, "rid-2", "hash-2"),
-        )
-        assert first is None  # the first claim made the row
-        assert second is not None
-        assert (second.line, second.request_id, second.state, second.run_id) == (1, "rid-1", "sending", run)
-        assert (await journal.get("k")) == second
-    finally:
-        await journal.close()
+    first, second = await asyncio.gather(
+        journal.claim("k", "create", 1, "rid-1", "hash-1"),
+        journal.claim("k", "create", 2, "rid-2", "hash-2"),
+    )
+    assert first is None  # the first claim made the row
+    assert second is not None
+    assert (second.line, second.request_id, second.state, second.run_id) == (1, "rid-1", "sending", run)
+    assert (await journal.get("k")) == second
 
 
-@WRITERS
 async def test_journal_gives_a_key_an_earlier_run_left_to_the_first_claim_of_a_batch(
-    tmp_path: Path, writer: WriterKind
+    journal: Journal,
 ) -> None:
-    journal = await Journal(tmp_path / "j.sqlite", writer=writer).open()
     earlier = journal.begin_run()
-    try:
-        await journal.claim("k", "create", 1, "rid-1", "hash-1")
-        journal.finished("k", "create", 1, succeeded=True, participant_code="P1")
-        now = journal.begin_run()
-        first, second = await asyncio.gather(
-            journal.claim("k", "create", 4, "rid-1", "hash-1"),
-            journal.claim("k", "create", 6, "rid-1", "hash-1"),
-        )
-        assert first is not None
-        assert second is not None
-        assert (first.state, first.run_id) == ("succeeded", earlier)  # the first use: skip it
-        assert (second.run_id, second.line) == (now, 4)  # the second: this run's, since line 4
-        entry = await journal.get("k")
-        assert entry is not None
-        assert (entry.state, entry.participant_code, entry.run_id, entry.line) == ("succeeded", "P1", now, 4)
-    finally:
-        await journal.close()
+    await journal.claim("k", "create", 1, "rid-1", "hash-1")
+    journal.finished("k", "create", 1, succeeded=True, participant_code="P1")
+    now = journal.begin_run()
+    first, second = await asyncio.gather(
+        journal.claim("k", "create", 4, "rid-1", "hash-1"),
+        journal.claim("k", "create", 6, "rid-1", "hash-1"),
+    )
+    assert first is not None
+    assert second is not None
+    assert (first.state, first.run_id) == ("succeeded", earlier)  # the first use: skip it
+    assert (second.run_id, second.line) == (now, 4)  # the second: this run's, since line 4
+    entry = await journal.get("k")
+    assert entry is not None
+    assert (entry.state, entry.participant_code, entry.run_id, entry.line) == ("succeeded", "P1", now, 4)
 
 
-@WRITERS
-async def test_an_outcome_nobody_waited_for_is_seen_by_a_later_read(
-    tmp_path: Path, writer: WriterKind
-) -> None:
+async def test_an_outcome_nobody_waited_for_is_seen_by_a_later_read(journal: Journal) -> None:
     """finished() queues the outcome without waiting; a read queued after it, even in
     the same commit, sees it, and drain() returns once it is on disk."""
-    journal = await Journal(tmp_path / "j.sqlite", writer=writer).open()
     journal.begin_run()
-    try:
-        assert await journal.claim("k", "create", 1, "rid-1", "hash-1") is None
-        journal.finished("k", "create", 1, succeeded=True, participant_code="P1", attempts=1)
-        entry = await journal.get("k")  # in the same batch as the outcome
-        assert entry is not None
-        assert (entry.state, entry.participant_code, entry.request_id) == ("succeeded", "P1", "rid-1")
-        journal.finished("k", "create", 1, succeeded=False, reason="server", error="boom")
-        await journal.drain()
-    finally:
-        await journal.close()
-    with contextlib.closing(sqlite3.connect(tmp_path / "j.sqlite")) as db:
+    assert await journal.claim("k", "create", 1, "rid-1", "hash-1") is None
+    journal.finished("k", "create", 1, succeeded=True, participant_code="P1", attempts=1)
+    entry = await journal.get("k")  # in the same batch as the outcome
+    assert entry is not None
+    assert (entry.state, entry.participant_code, entry.request_id) == ("succeeded", "P1", "rid-1")
+    journal.finished("k", "create", 1, succeeded=False, reason="server", error="boom")
+    await journal.drain()
+    with contextlib.closing(sqlite3.connect(journal.path)) as db:
         assert db.execute("SELECT state, reason FROM operations").fetchall() == [("failed", "server")]
 
 
