@@ -114,11 +114,16 @@ class _ProcessWriter:
         return future
 
     async def close(self) -> None:
+        """Close the child's input (it finishes what it has, then exits) and wait for it."""
         if self._process is None:
             return
         if self._process.stdin is not None:
             self._process.stdin.close()
-        await self._process.wait()
+        try:
+            await asyncio.wait_for(self._process.wait(), _EXIT_WAIT)
+        except asyncio.TimeoutError:  # stuck: a kill is safe, SQLite commits are atomic
+            self._process.kill()
+            await self._process.wait()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
 
@@ -129,23 +134,26 @@ class _ProcessWriter:
         try:
             head = await stdout.readexactly(4)
             data = await stdout.readexactly(struct.unpack(">I", head)[0])
-        except asyncio.IncompleteReadError:
-            return _EXITED
-        answer: Answer = marshal.loads(data)  # noqa: S302 (from our own child, on a pipe only we hold)
+            answer: Answer = marshal.loads(data)  # noqa: S302 (from our own child, on a pipe only we hold)
+        except (asyncio.IncompleteReadError, EOFError, ValueError, TypeError):
+            return _EXITED  # gone, or no longer speaking the protocol: treated alike
         return answer
 
     async def _read_answers(self) -> None:
-        while (answer := await self._answer()) is not _EXITED:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_result(answer)
-        while self._waiting:  # the child is gone: nothing more will be answered
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_result(_EXITED)
+        try:
+            while (answer := await self._answer()) is not _EXITED:
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(answer)
+        finally:
+            while self._waiting:  # nothing more will be answered
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(_EXITED)
 
 
-_EXITED: Answer = (False, ("WriterExited", "the journal's writer process exited"))
+_EXITED: Answer = (False, ("WriterExited", "the journal's writer process exited or stopped answering"))
+_EXIT_WAIT = 30.0  # seconds a closing writer may take to commit what it has (SQLite waits 5 s for a lock)
 
 
 class _ThreadWriter:

@@ -316,6 +316,30 @@ async def test_journal_falls_back_to_a_thread_where_no_process_can_start(
         await Journal(tmp_path / "j.sqlite", writer="process").open()
 
 
+async def test_a_writer_process_that_answers_garbage_stops_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ndax_async import _journal_writer
+
+    impostor = tmp_path / "writer.py"
+    impostor.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(_journal_writer.__file__).parent)!r})\n"
+        "from _journal_writer import frame\n"
+        "sys.stdout.buffer.write(frame((True, None)) + b'\\x00\\x00\\x00\\x03???')\n"
+        "sys.stdout.buffer.flush()\n"
+        "sys.stdin.buffer.read()\n"
+    )
+    monkeypatch.setattr(_journal_writer, "__file__", str(impostor))
+    journal = await Journal(tmp_path / "j.sqlite", writer="process").open()
+    try:
+        journal.begin_run()
+        with pytest.raises(JournalError, match="stopped answering"):  # and no hang (the guard below)
+            await asyncio.wait_for(journal.claim("k", "create", 1, "rid", "hash"), timeout=30)
+    finally:
+        await journal.close()
+
+
 async def test_ctrl_c_is_left_to_the_parent_not_the_writer_process(tmp_path: Path) -> None:
     """SIGINT reaches a terminal's whole process group; the writer ignores it and goes on,
     so an interrupted run can still commit its last outcomes."""
