@@ -220,6 +220,11 @@ class Journal:
         self.run_id = uuid.uuid4().hex
         return self.run_id
 
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` has succeeded and :meth:`close` has not been called since."""
+        return self._writer is not None
+
     async def open(self) -> Journal:
         """Open (creating the file and table if needed); :class:`JournalError` if it cannot be."""
         kind = self.writer_kind
@@ -276,17 +281,19 @@ class Journal:
         """Add to the next batch (``future`` None: nobody waits), starting the flusher if idle."""
         if self._failure is not None:
             raise self._failure
+        if self._writer is None:
+            raise JournalError(f"the journal {self.path!r} is not open: await journal.open() first")
         self._queued.append((kind, item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
         """Write the queued rows in batches, up to the writer's ``depth`` at once, in order."""
-        assert self._writer is not None
-        depth = self._writer.depth
         in_flight: collections.deque[tuple[list[Any], dict[str, tuple[Any, ...]], asyncio.Future[Answer]]]
         in_flight = collections.deque()
         try:
+            assert self._writer is not None
+            depth = self._writer.depth
             while (self._queued or in_flight) and self._failure is None:
                 while self._queued and len(in_flight) < depth:
                     if depth > 1 and not in_flight and len(self._queued) > 1:

@@ -39,7 +39,7 @@ from ._transport import CallScope
 from .client import AsyncClient, PreparedWrite
 from .errors import APIError, JournalError, TransportError, ValidationError
 
-__all__ = ["Bulk", "BulkSummary", "Operation", "OperationResult", "RowError"]
+__all__ = ["Bulk", "BulkSummary", "Journal", "JournalEntry", "Operation", "OperationResult", "RowError"]
 
 OpKind = Literal["create", "create_minor", "update"]
 OP_KINDS: tuple[str, ...] = ("create", "create_minor", "update")
@@ -247,7 +247,7 @@ class Bulk:
         if spec is None:
             return None
         if isinstance(spec, Journal):
-            return spec
+            return spec if spec.is_open else await spec.open()
         return await Journal(spec).open()
 
     async def _produce(

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from ndax_async import AsyncClient, JournalError, RetryEvent, RetryPolicy, RetryQuota
-from ndax_async._journal import Journal
+from ndax_async._journal import Journal, WriterKind
 from ndax_async._limits import RateLimiter
 from ndax_async._rows import read_operations
 from ndax_async.bulk import Bulk, Operation, RowError
@@ -384,6 +384,23 @@ def test_the_writer_process_exits_when_its_parent_is_killed(tmp_path: Path) -> N
             os.waitpid(writer_pid, os.WNOHANG)
         time.sleep(0.05)
     raise AssertionError(f"the writer process {writer_pid} outlived its parent")
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_a_journal_passed_unopened_is_opened_and_left_open(tmp_path: Path, writer: WriterKind) -> None:
+    sandbox = Sandbox()
+    journal = Journal(tmp_path / "j.sqlite", writer=writer)
+    with pytest.raises(JournalError, match="not open"):
+        await journal.get("c0")
+    async with sandbox.client() as client:
+        summary = await Bulk(client, rate=None, journal=journal).run_all(operations(creates(5)))
+    try:
+        assert summary.succeeded == 5
+        assert journal.is_open
+        assert (await journal.counts()) == {"succeeded": 5}
+    finally:
+        await journal.close()
+    assert not journal.is_open
 
 
 async def test_a_journal_from_before_run_ids_is_migrated_and_resumed(tmp_path: Path) -> None:
