@@ -160,6 +160,8 @@ def serve(path: str, requests: BinaryIO, answers: BinaryIO) -> None:
             request = marshal.loads(body)  # noqa: S302 (from the parent, on a pipe only it holds)
             answers.write(frame(handle(db, request)))
             answers.flush()
+    except BrokenPipeError:
+        pass  # the parent is gone: what it sent is committed, and nobody is left to tell
     finally:
         db.close()
 
