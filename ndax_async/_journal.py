@@ -319,12 +319,11 @@ class Journal:
             if failure is not error:
                 failure.__cause__ = error
             self._failure = failure
-            for batch, _, _ in in_flight:
-                self._queued[:0] = batch
-            for _, _, future in self._queued:
+            unanswered = [entry for batch, _, _ in in_flight for entry in batch] + self._queued
+            self._queued = []
+            for _, _, future in unanswered:
                 if future is not None and not future.done():
                     future.set_exception(failure)
-            self._queued = []
             if not isinstance(error, Exception):
                 raise
 
