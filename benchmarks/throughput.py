@@ -46,8 +46,9 @@ from ._common import (
     sign_headers,
 )
 
+SDK_DEFAULT = "SDK (default)"
 CLIENTS = (
-    "SDK (default)",
+    SDK_DEFAULT,
     "SDK on aiohttp",
     "SDK on httpx transport",
     "SDK on httpx-aiohttp transport",
@@ -125,7 +126,7 @@ async def _sender(name: str, base_url: str, concurrency: int, tag: str) -> Any:
 
             yield send_sdk_over
     elif name.startswith("SDK"):
-        backend = {"SDK (default)": "auto", "SDK on aiohttp": "aiohttp"}.get(name, "httpx")
+        backend = {SDK_DEFAULT: "auto", "SDK on aiohttp": "aiohttp"}.get(name, "httpx")
         async with _sdk_client(base_url, backend) as client:
 
             async def send_sdk(n: int) -> None:
@@ -160,38 +161,104 @@ async def _sender(name: str, base_url: str, concurrency: int, tag: str) -> Any:
             yield send_aiohttp
 
 
+class _Load:
+    """Drives ``send`` from a number of tasks for a while and times what it costs."""
+
+    def __init__(self, send: Send, server: ServedSandbox) -> None:
+        self.send = send
+        self.server = server
+        self.counter = iter(range(10**9))
+
+    async def run(self, concurrency: int, seconds: float) -> dict[str, float]:
+        """Creates/s, and the client's and the server's CPU per create, over ``seconds``."""
+        done = 0
+        until = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < until:
+                await self.send(next(self.counter))
+                done += 1
+
+        server_before = self.server.cpu_seconds()
+        wall, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        server_cpu = self.server.cpu_seconds() - server_before
+        nan = float("nan")
+        return {
+            "rate": done / wall,
+            "cpu_ms": cpu / done * 1e3 if done else nan,
+            "server_cpu_ms": server_cpu / done * 1e3 if done else nan,
+            "server_busy": server_cpu / wall,
+        }
+
+
 async def _measure(
     name: str, server: ServedSandbox, concurrency: int, seconds: float, tag: str
 ) -> dict[str, float]:
-    """Creates/s, and the client's and the server's CPU per create, over ``seconds``."""
+    """One cell: a warm-up that opens every pooled connection, then ``seconds`` timed."""
     async with _sender(name, server.base_url, concurrency, tag) as send:
-        counter = iter(range(10**9))
-        done = 0
+        load = _Load(send, server)
+        await load.run(concurrency, min(0.3, seconds / 4))
+        return await load.run(concurrency, seconds)
 
-        async def worker(until: float) -> None:
-            nonlocal done
-            while time.perf_counter() < until:
-                await send(next(counter))
-                done += 1
 
-        async def run_for(period: float) -> None:
-            until = time.perf_counter() + period
-            await asyncio.gather(*(worker(until) for _ in range(concurrency)))
+async def _interleave(
+    name: str, server: ServedSandbox, low: int, high: int, slices: int, seconds: float
+) -> dict[str, list[dict[str, float]]]:
+    """``slices`` pairs of timed slices at ``low`` and ``high`` in flight, back to back, on one client."""
+    async with _sender(name, server.base_url, high, "scaling") as send:
+        load = _Load(send, server)
+        for concurrency in (high, low):
+            await load.run(concurrency, 0.3)  # warm-up; the high one opens the whole pool
+        figures: dict[str, list[dict[str, float]]] = {"low": [], "high": []}
+        for pair in range(slices):
+            # Alternate which goes first, so a drifting machine favours neither.
+            order = (("low", low), ("high", high)) if pair % 2 == 0 else (("high", high), ("low", low))
+            for side, concurrency in order:
+                figures[side].append(await load.run(concurrency, seconds))
+        return figures
 
-        await run_for(min(0.3, seconds / 4))  # warm-up: every pooled connection opened
-        done = 0
-        server_before = server.cpu_seconds()
-        wall, cpu = time.perf_counter(), time.process_time()
-        await run_for(seconds)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        server_after = server.cpu_seconds()
-    nan = float("nan")
-    server_cpu = server_after - server_before
+
+def scaling(
+    names: tuple[str, ...] = (SDK_DEFAULT, BASELINE),
+    low: int = 16,
+    high: int = 256,
+    slices: int = 16,
+    seconds: float = 0.4,
+) -> dict[str, Any]:
+    """Each client's rate at ``high`` in flight over its rate at ``low``, measured back to back.
+
+    The cells of :func:`run` put a client's two concurrencies tens of seconds
+    apart, and this VM's speed drifts by 10 to 20% over seconds, so their ratio
+    flips with the noise. Here one client and one sandbox alternate short
+    slices at the two concurrencies; the ratio is the median of the ratios
+    within each pair. The client and server CPU per create are compared the
+    same way, which shows where a difference comes from.
+    """
+    result: dict[str, Any] = {"low": low, "high": high, "slices": slices, "seconds": seconds, "clients": {}}
+    for name in names:
+        with sandbox_process() as server:
+            figures = asyncio.run(_interleave(name, server, low, high, slices, seconds))
+
+        result["clients"][name] = _compare(figures["low"], figures["high"])
+    return result
+
+
+def _compare(low: list[dict[str, float]], high: list[dict[str, float]]) -> dict[str, Any]:
+    """Medians of each side, and the median of the ratios within each pair."""
+
+    def paired(key: str) -> list[float]:
+        return [h[key] / lo[key] for lo, h in zip(low, high, strict=True)]
+
     return {
-        "rate": done / wall,
-        "cpu_ms": cpu / done * 1e3 if done else nan,
-        "server_cpu_ms": server_cpu / done * 1e3 if done else nan,
-        "server_busy": server_cpu / wall,
+        "low": {key: median([figure[key] for figure in low]) for key in low[0]},
+        "high": {key: median([figure[key] for figure in high]) for key in high[0]},
+        "ratio": median(paired("rate")),
+        "ratios": paired("rate"),
+        "cpu_ratio": median(paired("cpu_ms")),
+        "server_cpu_ratio": median(paired("server_cpu_ms")),
     }
 
 
@@ -200,8 +267,8 @@ def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[st
 
     Every cell gets a fresh sandbox process, so no client meets a server
     holding more records than another did. ``ratio`` is each client's rate over
-    hand-written aiohttp's in the same repeat (medians of those), and ``vs_16``
-    each client's rate over its own at concurrency 16 in the same repeat.
+    hand-written aiohttp's in the same repeat (medians of those). How a
+    client's rate changes with concurrency is measured by :func:`scaling`.
     """
     rates: dict[tuple[str, int], list[float]] = {}
     cpus: dict[tuple[str, int], list[float]] = {}
@@ -221,8 +288,8 @@ def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[st
                 server_cpus.setdefault((name, concurrency), []).append(figure["server_cpu_ms"])
                 server_busy.setdefault((name, concurrency), []).append(figure["server_busy"])
 
-    def paired(name: str, concurrency: int, base: tuple[str, int]) -> float:
-        pairs = zip(rates[(name, concurrency)], rates[base], strict=True)
+    def paired(name: str, concurrency: int) -> float:
+        pairs = zip(rates[(name, concurrency)], rates[(BASELINE, concurrency)], strict=True)
         return median([value / baseline for value, baseline in pairs])
 
     table = {
@@ -237,18 +304,12 @@ def run(concurrencies: tuple[int, ...], seconds: float, repeats: int) -> dict[st
         }
         for name in CLIENTS
     }
-    ratio = {name: {c: paired(name, c, (BASELINE, c)) for c in concurrencies} for name in CLIENTS}
-    vs_16 = (
-        {name: {c: paired(name, c, (name, 16)) for c in concurrencies} for name in CLIENTS}
-        if 16 in concurrencies
-        else {}
-    )
+    ratio = {name: {c: paired(name, c) for c in concurrencies} for name in CLIENTS}
     return {
         "seconds": seconds,
         "repeats": repeats,
         "concurrencies": list(concurrencies),
         "table": table,
         "ratio": ratio,
-        "vs_16": vs_16,
         "samples": {f"{name} @ {c}": rates[(name, c)] for name, c in rates},
     }
