@@ -90,13 +90,7 @@ class _ProcessWriter:
 
     async def start(self) -> Answer:
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",  # isolated: no user site, PYTHON* variables or current folder on the path
-            "-S",  # and no site-packages: the writer needs the standard library only
-            writer.__file__,
-            self.path,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+            *writer.launch_command(self.path), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
         opened = await self._answer()
         if opened[0]:

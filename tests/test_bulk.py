@@ -326,9 +326,10 @@ async def test_a_writer_process_that_answers_garbage_stops_the_journal(
         "import sys\n"
         f"sys.path.insert(0, {str(Path(_journal_writer.__file__).parent)!r})\n"
         "from _journal_writer import frame\n"
-        "sys.stdout.buffer.write(frame((True, None)) + b'\\x00\\x00\\x00\\x03???')\n"
-        "sys.stdout.buffer.flush()\n"
-        "sys.stdin.buffer.read()\n"
+        "def main():\n"
+        "    sys.stdout.buffer.write(frame((True, None)) + b'\\x00\\x00\\x00\\x03???')\n"
+        "    sys.stdout.buffer.flush()\n"
+        "    sys.stdin.buffer.read()\n"
     )
     monkeypatch.setattr(_journal_writer, "__file__", str(impostor))
     journal = await Journal(tmp_path / "j.sqlite", writer="process").open()
