@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -314,6 +315,27 @@ async def test_journal_falls_back_to_a_thread_where_no_process_can_start(
         await journal.close()
     with pytest.raises(JournalError, match="cannot start the journal's writer process"):
         await Journal(tmp_path / "j.sqlite", writer="process").open()
+
+
+async def test_the_writer_process_folder_shadows_no_standard_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child imports the writer from its folder, put last on the path: a module there
+    named like a standard one (``ndax_async`` has ``_json.py``) must not replace it."""
+    from ndax_async import _journal_writer
+
+    folder = tmp_path / "package"
+    folder.mkdir()
+    copy = shutil.copy(_journal_writer.__file__, folder / "_journal_writer.py")
+    (folder / "struct.py").write_text("raise ImportError('the standard struct was shadowed')\n")
+    monkeypatch.setattr(_journal_writer, "__file__", str(copy))
+    journal = await Journal(tmp_path / "j.sqlite", writer="process").open()
+    try:
+        journal.begin_run()
+        assert await journal.claim("k", "create", 1, "rid", "hash") is None
+        assert (await journal.counts()) == {"sending": 1}
+    finally:
+        await journal.close()
 
 
 async def test_a_writer_process_that_answers_garbage_stops_the_journal(
