@@ -241,7 +241,6 @@ def scaling(
     for name in names:
         with sandbox_process() as server:
             figures = asyncio.run(_interleave(name, server, low, high, slices, seconds))
-
         result["clients"][name] = _compare(figures["low"], figures["high"])
     return result
 

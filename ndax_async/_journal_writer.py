@@ -138,7 +138,7 @@ def launch_command(path: str) -> list[str]:
     ``-I -S``: isolated, and without site-packages (only the standard library is
     needed). The module is imported from its folder, put last on the path so
     it shadows nothing, rather than run as a script: an import uses the cached
-    bytecode, a script is compiled on every start (about 3 ms of each run).
+    bytecode, a script is compiled on every start (up to 3 ms of each run).
     """
     folder, module = os.path.split(os.path.splitext(__file__)[0])
     code = f"import sys; sys.path.append(sys.argv[1]); import {module}; {module}.main()"
