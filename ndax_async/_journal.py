@@ -203,16 +203,28 @@ class Journal:
         self._flusher: asyncio.Task[None] | None = None
         self._failure: JournalError | None = None
         self.run_id: str | None = None
+        self._in_run = False
 
     def begin_run(self) -> str:
         """Start a new run: every row written from now on carries its id.
 
         An entry whose ``run_id`` is the current one was written by this run,
         which is how a bulk run tells a key used twice in its input from a key
-        an earlier run left behind.
+        an earlier run left behind. Runs take turns: :class:`JournalError` if
+        another run has begun and not yet ended (:meth:`end_run`).
         """
+        if self._in_run:
+            raise JournalError(
+                f"the journal {self.path!r} is in use by another run: runs sharing a journal"
+                " must take turns (give concurrent runs a journal each)"
+            )
+        self._in_run = True
         self.run_id = uuid.uuid4().hex
         return self.run_id
+
+    def end_run(self) -> None:
+        """End the run :meth:`begin_run` started, so that another may begin."""
+        self._in_run = False
 
     @property
     def is_open(self) -> bool:

@@ -208,10 +208,12 @@ class Bulk:
         self._scope = CallScope(limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry)
         results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         self._lines = {}
+        self.journal = None
         try:
-            self.journal = await self._open_journal()
-            if self.journal is not None:
-                self.journal.begin_run()
+            journal = await self._open_journal()
+            if journal is not None:
+                journal.begin_run()  # JournalError if another run is using it
+            self.journal = journal
             producer = asyncio.create_task(self._produce(operations, results))
             try:
                 while (result := await results.get()) is not None:
@@ -228,6 +230,7 @@ class Bulk:
                 try:
                     await self.journal.drain()  # every outcome committed before the run ends
                 finally:
+                    self.journal.end_run()
                     if not isinstance(self._journal_spec, Journal):
                         await self.journal.close()
 

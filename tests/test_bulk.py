@@ -165,6 +165,7 @@ async def test_journal_gives_a_key_an_earlier_run_left_to_the_first_claim_of_a_b
     earlier = journal.begin_run()
     await journal.claim("k", "create", 1, "rid-1", "hash-1")
     journal.finished("k", "create", 1, succeeded=True, participant_code="P1")
+    journal.end_run()
     now = journal.begin_run()
     first, second = await asyncio.gather(
         journal.claim("k", "create", 4, "rid-1", "hash-1"),
@@ -424,6 +425,32 @@ async def test_a_journal_passed_unopened_is_opened_and_left_open(tmp_path: Path,
     finally:
         await journal.close()
     assert not journal.is_open
+
+
+async def test_runs_sharing_a_journal_take_turns(tmp_path: Path) -> None:
+    """A second run on a journal another run is using is refused before it sends anything;
+    once the first has ended, the journal serves the next run."""
+    later = [
+        {"op": "create", "key": f"later{n}", "data": customer_wire(email=f"l{n}@mail.com", id_number=f"L{n}")}
+        for n in range(20)
+    ]
+    sandbox = Sandbox()
+    journal = await Journal(tmp_path / "j.sqlite").open()
+    try:
+        async with sandbox.client() as client:
+            first = Bulk(client, rate=None, journal=journal).run(operations(creates(20)))
+            assert (await anext(first)).outcome == "succeeded"  # the first run is under way
+            with pytest.raises(JournalError, match="in use by another run"):
+                await Bulk(client, rate=None, journal=journal).run_all(operations(later))
+            rest = [result async for result in first]
+            assert len(rest) == 19
+            assert all(result.outcome == "succeeded" for result in rest)
+            again = await Bulk(client, rate=None, journal=journal).run_all(operations(later))
+        assert again.succeeded == 20
+        assert sandbox.stats["customers"] == 40  # nothing of the refused run was sent
+        assert (await journal.counts()) == {"succeeded": 40}
+    finally:
+        await journal.close()
 
 
 async def test_a_journal_from_before_run_ids_is_migrated_and_resumed(tmp_path: Path) -> None:
