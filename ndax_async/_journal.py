@@ -288,7 +288,7 @@ class Journal:
         if self._failure is not None:
             raise self._failure
         if self._writer is None:
-            raise JournalError(f"the journal {self.path!r} is not open: await journal.open() first")
+            raise self._not_open()
         self._queued.append((kind, item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -437,9 +437,12 @@ class Journal:
         """Every operation whose last recorded state is not ``succeeded``."""
         return [JournalEntry(*row) for row in await self._query("failures")]
 
+    def _not_open(self) -> JournalError:
+        return JournalError(f"the journal {self.path!r} is not open: await journal.open() first")
+
     async def _query(self, kind: str) -> Any:
         if self._writer is None:
-            raise RuntimeError("the journal is not open")
+            raise self._not_open()
         ok, result = await self._writer.call(kind)
         if not ok:
             raise _journal_error(f"the journal {self.path!r} could not be read", result)

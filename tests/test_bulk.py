@@ -416,6 +416,8 @@ async def test_a_journal_passed_unopened_is_opened_and_left_open(tmp_path: Path,
     journal = Journal(tmp_path / "j.sqlite", writer=writer)
     with pytest.raises(JournalError, match="not open"):
         await journal.get("c0")
+    with pytest.raises(JournalError, match="not open"):
+        await journal.counts()
     async with sandbox.client() as client:
         summary = await Bulk(client, rate=None, journal=journal).run_all(operations(creates(5)))
     try:
