@@ -10,8 +10,9 @@ applying twice.
 The SQLite work (:mod:`ndax_async._journal_writer`) runs in a small child
 process that only this journal talks to, over pipes the event loop reads
 without blocking. A process, not a thread: a thread shares the GIL with the
-loop and can only write while the loop waits, whereas the child commits one
-batch while the loop works on the operations the previous commit released.
+loop and can only write while the loop waits, whereas the child commits
+while the loop goes on working (a bulk run claims its operations well ahead
+of sending them, see :class:`ndax_async.bulk.Bulk`).
 Where no child process can be started (a frozen application, an event loop
 without subprocess support) the same work runs on one thread instead.
 
@@ -19,8 +20,10 @@ Reads and writes from concurrent operations are *group-committed*: whatever
 arrives while a batch is being written goes, together, into the next
 transaction, and a caller that waits resumes only once its batch is
 committed; a busy run pays one commit per batch instead of one per row.
-Outcomes (:meth:`Journal.finished`) need not be waited for: they are
-committed with the next batch, and a read queued after a write sees it.
+Outcomes (:meth:`Journal.finished`) need not be waited for: they ride with
+the next batch something waits for (or, at the latest, start one of their own
+once 256 are queued or the oldest has waited half a second), and a read
+queued after a write sees it.
 
 If a transaction fails (disk full, file removed, locked for too long), or the
 child process dies, the journal stops: the batch's callers and every later
@@ -79,8 +82,6 @@ def _entry(row: tuple[Any, ...]) -> JournalEntry:
 
 class _ProcessWriter:
     """Runs :mod:`~ndax_async._journal_writer` in a child process; answers come back in order."""
-
-    depth = 2  # batches in flight: the child writes one while the loop works on the last one's results
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -146,14 +147,17 @@ class _ProcessWriter:
                     future.set_result(_EXITED)
 
 
+# Outcomes nobody waits for ride with the next commit something waits for, or
+# start one of their own once this many are queued or the oldest has waited this long.
+OUTCOMES_PER_COMMIT = 256
+OUTCOMES_WAIT = 0.5  # seconds
+
 _EXITED: Answer = (False, ("WriterExited", "the journal's writer process exited or stopped answering"))
 _EXIT_WAIT = 30.0  # seconds a closing writer may take to commit what it has (SQLite waits 5 s for a lock)
 
 
 class _ThreadWriter:
     """Runs the same :func:`~ndax_async._journal_writer.handle` on one thread (a fallback)."""
-
-    depth = 1  # a thread writes only while the loop waits (the GIL), so one batch at a time
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -201,6 +205,9 @@ class Journal:
         self._writer: _ProcessWriter | _ThreadWriter | None = None
         self._queued: list[tuple[str, Any, asyncio.Future[Any] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._outcomes_due: asyncio.TimerHandle | None = None
+        self._waited = 0  # queued calls someone waits for
+        self._everything = False  # commit all that is queued, waited for or not
         self._failure: JournalError | None = None
         self.run_id: str | None = None
         self._in_run = False
@@ -256,7 +263,12 @@ class Journal:
         return self
 
     async def close(self) -> None:
-        """Close the database (and its process or thread), after any batch still being written."""
+        """Close the database (and its process or thread), after committing what is queued."""
+        if self._outcomes_due is not None:
+            self._outcomes_due.cancel()
+            self._outcomes_due = None
+        if self._failure is None and self._writer is not None:
+            self._start_flushing(everything=True)
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         if self._writer is not None:
@@ -265,7 +277,10 @@ class Journal:
 
     async def drain(self) -> None:
         """Wait until everything queued is committed; raise :class:`JournalError` if it could not be."""
-        while self._flusher is not None and not self._flusher.done():
+        while self._failure is None and self._writer is not None:
+            self._start_flushing(everything=True)
+            if self._flusher is None or self._flusher.done():
+                break
             await asyncio.wait([self._flusher])
         if self._failure is not None:
             raise self._failure
@@ -284,40 +299,51 @@ class Journal:
         return future
 
     def _enqueue(self, kind: str, item: Any, future: asyncio.Future[Any] | None) -> None:
-        """Add to the next batch (``future`` None: nobody waits), starting the flusher if idle."""
+        """Add to the next batch (``future`` None: nobody waits), starting the flusher if it is due."""
         if self._failure is not None:
             raise self._failure
         if self._writer is None:
             raise self._not_open()
         self._queued.append((kind, item, future))
-        if self._flusher is None or self._flusher.done():
+        if future is not None:
+            self._waited += 1
+        if self._due():
+            self._start_flushing()
+        elif self._outcomes_due is None:
+            self._outcomes_due = asyncio.get_running_loop().call_later(OUTCOMES_WAIT, self._outcomes_waited)
+
+    def _due(self) -> bool:
+        """Whether the queue is to be committed now: someone waits for part of it, it is
+        long, or it was asked for (:meth:`drain`, :meth:`close`, the outcomes' wait)."""
+        return bool(self._queued) and (
+            self._waited > 0 or self._everything or len(self._queued) >= OUTCOMES_PER_COMMIT
+        )
+
+    def _start_flushing(self, *, everything: bool = False) -> None:
+        """Commit what is due, unless a batch is being committed already (it goes on to these)."""
+        self._everything = self._everything or everything
+        if self._due() and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.create_task(self._flush())
 
+    def _outcomes_waited(self) -> None:
+        self._outcomes_due = None
+        if self._failure is None and self._writer is not None:
+            self._start_flushing(everything=True)
+
     async def _flush(self) -> None:
-        """Write the queued rows in batches, up to the writer's ``depth`` at once, in order."""
-        in_flight: collections.deque[tuple[list[Any], dict[str, tuple[Any, ...]], asyncio.Future[Answer]]]
-        in_flight = collections.deque()
+        """Commit what is due, one batch at a time, in order: what is queued while a batch
+        is being written goes into the next."""
+        batch: list[Any] = []
         try:
-            assert self._writer is not None
-            depth = self._writer.depth
-            while (self._queued or in_flight) and self._failure is None:
-                while self._queued and len(in_flight) < depth:
-                    if depth > 1 and not in_flight and len(self._queued) > 1:
-                        # Nothing being written: send half now and half next, so that the
-                        # loop works on the first half's results while the second is written.
-                        half = (len(self._queued) + 1) // 2
-                        batch, self._queued = self._queued[:half], self._queued[half:]
-                    else:
-                        batch, self._queued = self._queued, []
-                    in_flight.append(self._send(batch))
-                batch, first_claims, answer = in_flight[0]
+            while self._due() and self._failure is None:
+                batch, self._queued = self._queued, []
+                self._waited, self._everything = 0, False
+                first_claims, answer = self._send(batch)
                 ok, result = await answer
-                if not ok:  # the batch stays in flight, so the failure reaches its callers
+                if not ok:  # the batch stays unanswered, so the failure reaches its callers
                     raise _journal_error(f"the journal {self.path!r} could not be written", result)
-                in_flight.popleft()
                 self._settle(batch, first_claims, {row[0]: JournalEntry(*row) for row in result})
-                if in_flight:
-                    await asyncio.sleep(0)  # the released operations queue their next rows first
+                batch = []
         except BaseException as error:
             failure = (
                 error if isinstance(error, JournalError) else JournalError(f"the journal stopped: {error!r}")
@@ -325,15 +351,14 @@ class Journal:
             if failure is not error:
                 failure.__cause__ = error
             self._failure = failure
-            unanswered = [entry for batch, _, _ in in_flight for entry in batch] + self._queued
-            self._queued = []
+            unanswered, self._queued = batch + self._queued, []
             for _, _, future in unanswered:
                 if future is not None and not future.done():
                     future.set_exception(failure)
             if not isinstance(error, Exception):
                 raise
 
-    def _send(self, batch: list[Any]) -> tuple[list[Any], dict[str, tuple[Any, ...]], asyncio.Future[Answer]]:
+    def _send(self, batch: list[Any]) -> tuple[dict[str, tuple[Any, ...]], asyncio.Future[Answer]]:
         """Hand ``batch`` to the writer as one transaction."""
         assert self._writer is not None
         reads: list[str] = []
@@ -348,7 +373,7 @@ class Journal:
                 reads.append(item[0])
                 first_claims.setdefault(item[0], item)
         answer = self._writer.call("commit", reads, writes, list(first_claims.values()))
-        return batch, first_claims, answer
+        return first_claims, answer
 
     @staticmethod
     def _settle(
@@ -376,7 +401,7 @@ class Journal:
 
     def claim(
         self, key: str, op: str, line: int | None, request_id: str | None, payload_hash: str
-    ) -> Awaitable[JournalEntry | None]:
+    ) -> asyncio.Future[JournalEntry | None]:
         """Record ``key`` as about to be sent, unless the journal has it already.
 
         Returns ``None`` when the row is new (it is now durably ``sending`` with
@@ -408,9 +433,12 @@ class Journal:
         error: str | None = None,
         attempts: int = 0,
     ) -> None:
-        """Record the outcome of ``key`` with the next commit, without waiting for it.
+        """Record the outcome of ``key`` with a later commit, without waiting for it.
 
-        Reads queued later see it; :meth:`drain` waits until it is committed.
+        It rides with the next commit something waits for, or starts one once
+        :data:`OUTCOMES_PER_COMMIT` are queued or it has waited
+        :data:`OUTCOMES_WAIT` seconds. Reads queued later see it;
+        :meth:`drain` and :meth:`close` commit it.
         Not waiting is safe: until it is committed the key stays ``sending``,
         which a later run resends with the same request_id, and the API replays.
         """

@@ -13,10 +13,17 @@ finishes; :attr:`Bulk.summary` totals them.
 - A retry budget shared by the run (:class:`~ndax_async.RetryQuota`) stops
   thousands of operations retrying at once against a failing server.
 - With a journal (SQLite), each operation is recorded before it is sent and
-  its outcome after (with the next commit); a run killed at any instant and
-  started again skips what succeeded and resends what was in flight with the
-  same request_id. A journal that cannot be written stops the run with
-  :class:`~ndax_async.errors.JournalError`.
+  its outcome after (with a later commit, within half a second); a run killed
+  at any instant and started again skips what succeeded and resends what was
+  in flight with the same request_id. A journal that cannot be written stops
+  the run with :class:`~ndax_async.errors.JournalError`.
+- The input is read ahead of the workers (128 items, or 4 per worker if
+  more); with a journal, those operations are validated and recorded as
+  ``sending`` ahead of their turn, 64 to a commit. A run stopped early leaves
+  them so: the next run sends them, with their recorded request_id.
+- A run starts at most four operations per turn of the event loop, so it
+  never holds the loop for long, even where nothing waits (a mock, a server
+  that answers at once, rows refused before sending).
 - Nothing is dropped: a row that is malformed, invalid or refused becomes a
   ``failed`` result with its line and reason, and the run goes on.
 """
@@ -24,6 +31,7 @@ finishes; :attr:`Bulk.summary` totals them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
@@ -44,6 +52,10 @@ __all__ = ["Bulk", "BulkSummary", "Journal", "JournalEntry", "Operation", "Opera
 OpKind = Literal["create", "create_minor", "update"]
 OP_KINDS: tuple[str, ...] = ("create", "create_minor", "update")
 DEFAULT_RATE = 180.0  # 90% of the documented 2,000 requests per 10 seconds
+READ_AHEAD = 128  # input items read (and, with a journal, claimed) ahead of the workers, at least
+READ_PIECE = 16  # items read between turns of the loop
+CLAIM_BATCH = 64  # operations read ahead whose claims are queued together
+OPERATIONS_PER_TURN = 4  # operations a run starts per turn of the event loop, at most
 
 
 @attrs.frozen(kw_only=True)
@@ -276,18 +288,19 @@ class Bulk:
     ) -> None:
         """Run ``items`` on ``concurrency`` workers, each taking the next item when it is done.
 
-        A worker goes from one operation's end to the next one's start without
-        yielding to the loop, so operations released by one journal commit reach
-        the next commit together.
+        The input is read (and, with a journal, claimed) ahead of the workers by
+        :class:`_ReadAhead`; a worker then waits for its turn (:class:`_Turns`),
+        so a run never holds the event loop for more than a few operations.
         """
-        reading = asyncio.Lock()  # an async generator must not be advanced twice at once
+        ahead = _ReadAhead(self, items, window=max(READ_AHEAD, 4 * self.concurrency))
+        turns = _Turns(OPERATIONS_PER_TURN)
 
         async def worker() -> None:
             while True:
-                async with reading:
-                    item = await anext(items, _END)
+                item = await ahead.next()
                 if item is _END:
                     return
+                await turns.wait()
                 result = await self._guarded(item, deferred)
                 if result is not None:
                     await results.put(result)
@@ -302,11 +315,13 @@ class Bulk:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             raise
+        finally:
+            await ahead.close()
 
     async def _guarded(self, item: object, deferred: list[Operation]) -> OperationResult | None:
         """Process one item; anything else in the input becomes a ``bad_row`` failure, and a
         bug becomes that row's ``internal`` failure: never a lost row or a stopped run."""
-        if not isinstance(item, (Operation, RowError, _Final)):
+        if not isinstance(item, (Operation, RowError, _Final, _Claimed)):
             error = f"not an Operation or RowError: {type(item).__name__}"
             return self._record_failure(None, None, None, "bad_row", error)
         try:
@@ -314,28 +329,29 @@ class Bulk:
         except JournalError:
             raise  # the journal cannot record: stop the run, as a crash would
         except Exception as error:
-            op = item.operation if isinstance(item, _Final) else item
+            op = item.operation if isinstance(item, (_Final, _Claimed)) else item
             return self._record_failure(op.key, getattr(op, "op", None), op.line, "internal", repr(error))
 
     async def _process(
-        self, item: Operation | RowError | _Final, deferred: list[Operation]
+        self, item: Operation | RowError | _Final | _Claimed, deferred: list[Operation]
     ) -> OperationResult | None:
         if isinstance(item, RowError):
             return await self._fail_unsent(item.key, None, item.line, "bad_row", item.reason)
         final = isinstance(item, _Final)
-        op = item.operation if isinstance(item, _Final) else item
+        claimed = item if isinstance(item, _Claimed) else None
+        op = item.operation if isinstance(item, (_Final, _Claimed)) else item
         in_flight = self._custodians.get(op.key)
         if in_flight is not None:
             # A create with this key is in flight: let it finish; this one is then
             # found to be a second use of the key (and is never taken as a custodian).
             await asyncio.shield(in_flight)
-            return await self._apply(op, deferred, final)
+            return await self._apply(op, deferred, final, claimed)
         is_custodian = op.op == "create"
         if is_custodian:
             self._custodians[op.key] = asyncio.get_running_loop().create_future()
         code: str | None = None
         try:
-            result = await self._apply(op, deferred, final)
+            result = await self._apply(op, deferred, final, claimed)
             code = result.participant_code if result is not None and result.outcome != "failed" else None
             return result
         finally:
@@ -344,7 +360,12 @@ class Bulk:
                 if self.journal is None:
                     self._created[op.key] = code
 
-    async def _apply(self, op: Operation, deferred: list[Operation], final: bool) -> OperationResult | None:
+    async def _apply(
+        self, op: Operation, deferred: list[Operation], final: bool, claimed: _Claimed | None = None
+    ) -> OperationResult | None:
+        if claimed is not None:
+            assert claimed.claim is not None
+            return await self._after_claim(op, claimed.prepared, await claimed.claim)
         if op.op not in OP_KINDS:
             return await self._fail_unsent(op.key, op.op, op.line, "bad_row", f"unknown op {op.op!r}")
         data = op.data
@@ -368,6 +389,13 @@ class Bulk:
             return await self._send(op, prepared, resent=False)
         # Durably "sending" before the first byte leaves, in one round trip for a new row.
         entry = await self.journal.claim(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
+        return await self._after_claim(op, prepared, entry)
+
+    async def _after_claim(
+        self, op: Operation, prepared: PreparedWrite, entry: JournalEntry | None
+    ) -> OperationResult | None:
+        """Send, skip or refuse ``op``, given what its claim found in the journal (``None``: new)."""
+        assert self.journal is not None
         if entry is None:
             return await self._send(op, prepared, resent=False)
         if entry.run_id == self.journal.run_id:
@@ -477,6 +505,158 @@ class _Final:
     """A deferred operation on its last chance (its custodian can no longer appear)."""
 
     operation: Operation
+
+
+class _Turns:
+    """Lets ``per_turn`` operations start per turn of the event loop, first come first served.
+
+    Operations whose requests never wait (a server that answers at once, a
+    mock, rows refused before sending) would otherwise run back to back, each
+    worker in turn, and hold the loop from every other task for as long.
+    """
+
+    def __init__(self, per_turn: int) -> None:
+        self._per_turn = per_turn
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._releasing = False
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done when it is this caller's turn (a later turn of the loop)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append(future)
+        if not self._releasing:
+            self._releasing = True
+            loop.call_soon(self._release)
+        return future
+
+    def _release(self) -> None:
+        released = 0
+        while self._waiting and released < self._per_turn:
+            future = self._waiting.popleft()
+            if not future.done():  # a cancelled worker's turn goes to the next
+                future.set_result(None)
+                released += 1
+        if self._waiting:
+            asyncio.get_running_loop().call_soon(self._release)
+        else:
+            self._releasing = False
+
+
+@attrs.define
+class _Claimed:
+    """An operation prepared ahead of its turn, and its journal claim once queued (:class:`_ReadAhead`)."""
+
+    operation: Operation
+    prepared: PreparedWrite
+    claim: asyncio.Future[JournalEntry | None] | None = None
+
+
+class _ReadAhead:
+    """The input, read ahead of the workers by a task of its own, up to ``window`` items.
+
+    With a journal, each operation is also prepared as it is read, and claims
+    are queued ``CLAIM_BATCH`` at a time: one or two large commits instead of
+    a small one per turn of the workers, usually done before a worker reaches
+    the operation. A worker taking an operation not yet claimed (a slow input
+    hands them out one by one) queues the claims of all read so far. An
+    operation whose payload waits for another's result (a minor naming its
+    ``custodian_key``) or that cannot be prepared goes to the workers as it
+    is. An error of the input is raised once the items read before it are
+    handed out.
+    """
+
+    def __init__(self, engine: Bulk, items: AsyncIterator[Any], *, window: int) -> None:
+        self._engine = engine
+        self._items = items
+        self._window = window
+        self._ahead: collections.deque[Any] = collections.deque()
+        self._unclaimed: list[_Claimed] = []
+        self._arrived = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._done = False
+
+    async def next(self) -> Any:
+        """The next item, or ``_END``; an operation read ahead comes as a :class:`_Claimed`,
+        its claim committed."""
+        while not self._ahead:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return _END
+            self._read_more()
+            self._arrived.clear()
+            await self._arrived.wait()
+        item = self._ahead.popleft()
+        if len(self._ahead) <= self._window - READ_PIECE:
+            self._read_more()
+        if isinstance(item, _Claimed):
+            if item.claim is None:
+                self._claim_unclaimed()
+            assert item.claim is not None
+            if not item.claim.done():
+                await asyncio.wait([item.claim])  # its result (or error) is the worker's to read
+        return item
+
+    def _read_more(self) -> None:
+        if not self._done and (self._reader is None or self._reader.done()):
+            self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while len(self._ahead) < self._window:
+                for _ in range(READ_PIECE):  # then a turn of the loop: preparing is CPU work
+                    item = await anext(self._items, _END)
+                    if item is _END:
+                        self._done = True
+                        return
+                    self._ahead.append(self._prepare(item))
+                    self._arrived.set()
+                if len(self._unclaimed) >= CLAIM_BATCH:
+                    self._claim_unclaimed()
+                await asyncio.sleep(0)
+        except Exception as error:  # the input's own: raised after the items it gave before
+            self._error, self._done = error, True
+        finally:
+            self._arrived.set()
+
+    def _prepare(self, item: Any) -> Any:
+        journal, client = self._engine.journal, self._engine.client
+        if journal is None or not isinstance(item, Operation) or item.op not in OP_KINDS:
+            return item
+        if item.op == "create_minor" and item.custodian_key:
+            return item  # its payload waits for the custodian's code
+        try:
+            prepared = client._prepare_write(item.op, item.data, participant_code=item.participant_code)
+        except Exception:  # invalid (or worse): the worker prepares it again and reports why
+            return item
+        ahead = _Claimed(item, prepared)
+        self._unclaimed.append(ahead)
+        return ahead
+
+    def _claim_unclaimed(self) -> None:
+        journal = self._engine.journal
+        assert journal is not None
+        for ahead in self._unclaimed:
+            op, prepared = ahead.operation, ahead.prepared
+            ahead.claim = journal.claim(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
+        self._unclaimed = []
+
+    async def close(self) -> None:
+        """Stop reading, and drop what was read and not handed out (the run stopped early).
+        Claims queued are committed anyway: the next run resends those operations with
+        the same request_id."""
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        while self._ahead:
+            item = self._ahead.popleft()
+            if isinstance(item, _Claimed) and item.claim is not None:
+                if not item.claim.done():
+                    item.claim.cancel()
+                elif not item.claim.cancelled():
+                    item.claim.exception()  # retrieved: no "never retrieved" warning
 
 
 _LATER = object()

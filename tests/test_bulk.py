@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ndax_async import AsyncClient, JournalError, RetryEvent, RetryPolicy, RetryQuota
+from ndax_async import AsyncClient, JournalError, RetryEvent, RetryPolicy, RetryQuota, _journal, bulk
 from ndax_async._journal import Journal, WriterKind
 from ndax_async._limits import RateLimiter
 from ndax_async._rows import read_operations
@@ -236,7 +237,7 @@ async def test_a_journal_that_cannot_write_stops_the_run_and_a_rerun_is_exactly_
     how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sandbox = Sandbox()
-    rows = creates(40)
+    rows = creates(300)  # several claim batches (see CLAIM_BATCH), so the 4th commit is mid-run
     path = tmp_path / "j.sqlite"
     journal = await _journal_failing_at(path, 4, how, monkeypatch)
     reported = []
@@ -518,6 +519,109 @@ async def test_an_interrupted_run_resumes_exactly_once(tmp_path: Path) -> None:
     stats = sandbox.stats
     assert stats["creations"] == len(rows)
     assert stats["duplicates"] == stats["conflicts"] == stats["duplicate_payloads"] == 0
+
+
+@pytest.mark.parametrize("journaled", [False, True])
+async def test_a_run_lets_the_event_loop_turn_every_few_operations(journaled: bool, tmp_path: Path) -> None:
+    """The sandbox answers at once, so nothing in an operation waits; a run still starts
+    at most OPERATIONS_PER_TURN of them per turn of the loop, and other tasks get theirs."""
+    sandbox = Sandbox()
+    sent_by_turn: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            sent_by_turn.append(sandbox.stats["creations"])
+            await asyncio.sleep(0)  # once per turn of the loop
+
+    async with sandbox.client() as client:
+        engine = Bulk(client, concurrency=32, rate=None, journal=tmp_path / "j.sqlite" if journaled else None)
+        ticking = asyncio.create_task(ticker())
+        summary = await engine.run_all(operations(creates(400)))
+        ticking.cancel()
+    assert summary.succeeded == 400
+    per_turn = [after - before for before, after in itertools.pairwise(sent_by_turn)]
+    assert sum(per_turn) > 300  # the ticker ran throughout
+    assert max(per_turn) <= bulk.OPERATIONS_PER_TURN
+
+
+async def test_a_journaled_run_claims_ahead_in_few_commits(tmp_path: Path) -> None:
+    """Operations are read and claimed ahead of the workers, CLAIM_BATCH at a time, and
+    outcomes ride along: a few large commits, not one per turn of the workers."""
+    sandbox = Sandbox()
+    journal = await Journal(tmp_path / "j.sqlite").open()
+    writer = journal._writer
+    assert writer is not None
+    commits = []
+    real_call = writer.call
+
+    def counting_call(*request: Any) -> Any:
+        if request[0] == "commit":
+            commits.append(len(request[3]))  # the claims in it
+        return real_call(*request)
+
+    writer.call = counting_call  # type: ignore[method-assign]
+    try:
+        async with sandbox.client() as client:
+            summary = await Bulk(client, concurrency=8, rate=None, journal=journal).run_all(
+                operations(creates(640))
+            )
+    finally:
+        await journal.close()
+    assert summary.succeeded == 640
+    assert sum(commits) == 640
+    assert len(commits) <= 2 * 640 // bulk.CLAIM_BATCH + 4  # a commit may be split in two
+
+
+async def test_a_slow_input_is_sent_as_it_arrives() -> None:
+    """Reading ahead never holds an operation back waiting for the ones after it."""
+    sandbox = Sandbox()
+    first_done = asyncio.Event()
+
+    async def live() -> AsyncIterator[Operation]:
+        rows = list(operations(creates(2)))
+        yield rows[0]
+        await first_done.wait()  # the next row arrives only once the first is done
+        yield rows[1]
+
+    results = []
+
+    async def consume() -> None:
+        async with sandbox.client() as client:
+            async for result in Bulk(client, rate=None, journal=":memory:").run(live()):
+                results.append(result)
+                first_done.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait([task], timeout=30)  # a hang, not slowness, fails this
+    assert task.done(), "the first row waited for the second"
+    task.result()
+    assert [r.outcome for r in results] == ["succeeded", "succeeded"]
+
+
+async def test_an_outcome_nobody_waits_for_is_committed_soon_and_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes need no later commit to reach the disk: they start one of their own after
+    OUTCOMES_WAIT, and close() commits what is still queued."""
+    monkeypatch.setattr(_journal, "OUTCOMES_WAIT", 0.01)
+    path = tmp_path / "j.sqlite"
+    journal = await Journal(path).open()
+    journal.begin_run()
+    journal.finished("k1", "create", 1, succeeded=True, participant_code="P1")
+
+    def states() -> dict[str, str]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return dict(db.execute("SELECT key, state FROM operations").fetchall())
+
+    for _ in range(500):  # a hang, not slowness, fails this
+        if states():
+            break
+        await asyncio.sleep(0.01)
+    assert states() == {"k1": "succeeded"}
+    monkeypatch.setattr(_journal, "OUTCOMES_WAIT", 3600.0)
+    journal.finished("k2", "create", 2, succeeded=False, reason="server", error="boom")
+    await journal.close()
+    assert states() == {"k1": "succeeded", "k2": "failed"}
 
 
 async def test_retry_budget_fails_fast_and_records(tmp_path: Path) -> None:
