@@ -63,7 +63,7 @@ async def _bulk_run(count: int, journal: Path | None, tag: str, gaps: list[float
 
 def run(count: int, repeats: int) -> dict[str, Any]:
     """Median operations/s with the journal on and off (alternating), the median of the on/off
-    ratios within each repeat, and the loop's gaps with the journal on.
+    ratios within each repeat, and the loop's gaps with the journal on (and, for comparison, off).
 
     The rates come from runs without the ticker; each repeat then makes one
     more journal-on run with it, for the loop's gaps (the ticker costs the
@@ -75,8 +75,7 @@ def run(count: int, repeats: int) -> dict[str, Any]:
     runs and the longest garbage-collector pause are reported beside it.
     """
     rates: dict[str, list[float]] = {"journal off": [], "journal on": [], "journal on, with the ticker": []}
-    gaps: list[float] = []
-    run_maxima: list[float] = []
+    gaps: dict[str, list[list[float]]] = {"on": [], "off": []}  # each ticked run's gaps
     with tempfile.TemporaryDirectory() as folder, _gc_pauses() as pauses:
         asyncio.run(_bulk_run(min(count, 200), Path(folder) / "warm.sqlite", "warm", None))
         for repeat in range(repeats):
@@ -85,28 +84,33 @@ def run(count: int, repeats: int) -> dict[str, Any]:
                 tag = name.split()[-1] + str(repeat)  # "off0", "on0": used in e-mail addresses
                 elapsed = asyncio.run(_bulk_run(count, journal, tag, None))
                 rates[name].append(count / elapsed)
-            run_gaps: list[float] = []
-            journal = Path(folder) / f"ticked{repeat}.sqlite"
-            elapsed = asyncio.run(_bulk_run(count, journal, f"ticked{repeat}", run_gaps))
-            rates["journal on, with the ticker"].append(count / elapsed)
-            gaps += run_gaps
-            run_maxima.append(max(run_gaps, default=float("nan")))
+            for side, journal in ("on", Path(folder) / f"ticked{repeat}.sqlite"), ("off", None):
+                run_gaps: list[float] = []
+                elapsed = asyncio.run(_bulk_run(count, journal, f"ticked{side}{repeat}", run_gaps))
+                if side == "on":
+                    rates["journal on, with the ticker"].append(count / elapsed)
+                gaps[side].append(run_gaps)
     result = {name: median(values) for name, values in rates.items()}
     paired = [on / off for on, off in zip(rates["journal on"], rates["journal off"], strict=True)]
-    gaps.sort()
     return {
         "operations": count,
         "repeats": repeats,
         "ops_per_second": result,
         "ratio": median(paired),  # as for throughput: the median of the ratios within each repeat
         "ratios": paired,
-        "loop_gap_ms": {
-            "median_run_max": median(run_maxima) * 1e3,
-            "max": gaps[-1] * 1e3 if gaps else float("nan"),
-            "p99": gaps[int(len(gaps) * 0.99)] * 1e3 if gaps else float("nan"),
-            "ticks": len(gaps),
-            "longest_gc_pause": max(pauses, default=0.0) * 1e3,
-        },
+        "loop_gap_ms": {**_gap_summary(gaps["on"]), "longest_gc_pause": max(pauses, default=0.0) * 1e3},
+        "loop_gap_ms_journal_off": _gap_summary(gaps["off"]),
+    }
+
+
+def _gap_summary(runs: list[list[float]]) -> dict[str, float]:
+    """The median of each run's largest gap, the largest and the p99 of all, in ms, and the ticks."""
+    gaps = sorted(gap for run in runs for gap in run)
+    return {
+        "median_run_max": median([max(run, default=float("nan")) for run in runs]) * 1e3,
+        "max": gaps[-1] * 1e3 if gaps else float("nan"),
+        "p99": gaps[int(len(gaps) * 0.99)] * 1e3 if gaps else float("nan"),
+        "ticks": len(gaps),
     }
 
 
