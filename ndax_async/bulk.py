@@ -616,8 +616,10 @@ class _ReadAhead:
                 if len(self._unclaimed) >= CLAIM_BATCH:
                     self._claim_unclaimed()
                 await asyncio.sleep(0)
-        except Exception as error:  # the input's own: raised after the items it gave before
+        except BaseException as error:  # the input's own: raised after the items it gave before
             self._error, self._done = error, True
+            if not isinstance(error, Exception):
+                raise  # cancelled (by close()), or the interpreter is stopping
         finally:
             self._arrived.set()
 
