@@ -275,7 +275,9 @@ class Bulk:
             await self._work(_aiter(operations), deferred, results)
             # Minors whose custodian came later in the input, now that all is read.
             await self._work(_aiter([_Final(item) for item in deferred]), deferred, results)
-        except Exception:
+        except asyncio.CancelledError:
+            raise  # run() stopped it: nobody is waiting for results
+        except BaseException:
             await results.put(None)  # wake the consumer; run() then raises this error
             raise
         await results.put(None)
@@ -649,8 +651,8 @@ class _ReadAhead:
         """Stop reading, and drop what was read and not handed out (the run stopped early).
         Claims queued are committed anyway: the next run resends those operations with
         the same request_id."""
-        if self._reader is not None and not self._reader.done():
-            self._reader.cancel()
+        if self._reader is not None:
+            self._reader.cancel()  # if still reading
             await asyncio.gather(self._reader, return_exceptions=True)
         while self._ahead:
             item = self._ahead.popleft()

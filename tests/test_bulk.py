@@ -272,6 +272,32 @@ async def test_a_journal_that_cannot_write_stops_the_run_and_a_rerun_is_exactly_
     assert sandbox.stats["duplicates"] == sandbox.stats["duplicate_payloads"] == 0
 
 
+async def test_an_input_stopped_by_a_base_exception_stops_the_run_with_it() -> None:
+    """Not only an Exception: whatever ends the input (read ahead, in a task of its own)
+    reaches the caller, after the items before it."""
+
+    class Stop(BaseException):
+        pass
+
+    def stopping() -> Iterator[Operation]:
+        yield from operations(creates(3))
+        raise Stop
+
+    sandbox = Sandbox()
+    reported = []
+
+    async def consume() -> None:
+        async with sandbox.client() as client:
+            async for result in Bulk(client, concurrency=1, rate=None).run(stopping()):
+                reported.append(result)
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait([task], timeout=30)  # a hang, not slowness, fails this
+    assert task.done(), "the run hung instead of stopping"
+    assert isinstance(task.exception(), Stop)
+    assert [r.outcome for r in reported] == ["succeeded"] * 3
+
+
 async def test_items_that_are_not_operations_are_reported_and_the_run_goes_on() -> None:
     sandbox = Sandbox()
     items: list[Any] = [None, *operations(creates(2)), {"op": "create"}, "c9"]
