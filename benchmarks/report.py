@@ -38,9 +38,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     rows.append(
         (
             f"SDK default not lower at {high} than at {low}",
-            f"{sdk['ratio']:.2f}x ({sdk['high']['rate']:,.0f}/s at {high}, {sdk['low']['rate']:,.0f}/s"
+            f"{sdk['ratio']:.3f}x ({sdk['high']['rate']:,.0f}/s at {high}, {sdk['low']['rate']:,.0f}/s"
             f" at {low}, back to back; hand-written aiohttp"
-            f" {scaling['clients'][BASELINE]['ratio']:.2f}x)",
+            f" {scaling['clients'][BASELINE]['ratio']:.3f}x)",
             sdk["ratio"] >= 1.0,
         )
     )
@@ -183,7 +183,7 @@ def _scaling_section(scaling: dict[str, Any]) -> list[str]:
         spread = sorted(figure["ratios"])
         lines.append(
             f"| {name} | {figure['low']['rate']:,.0f}/s | {figure['high']['rate']:,.0f}/s"
-            f" | {figure['ratio']:.2f}x ({spread[0]:.2f} to {spread[-1]:.2f})"
+            f" | {figure['ratio']:.3f}x ({spread[0]:.2f} to {spread[-1]:.2f})"
             f" | {figure['cpu_ratio']:.2f}x | {figure['server_cpu_ratio']:.2f}x |"
         )
     lines += [
