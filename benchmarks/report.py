@@ -160,10 +160,10 @@ def markdown(results: dict[str, Any], *, smoke: bool) -> str:
         "The same ticker during journal-off runs"
         f" ({bulk['loop_gap_ms_journal_off']['ticks']:,} ticks): late by at most"
         f" {bulk['loop_gap_ms_journal_off']['median_run_max']:.1f} ms in the median run, by"
-        f" {bulk['loop_gap_ms_journal_off']['max']:.1f} ms at most. A run starts at most"
-        " four operations per turn of the loop. Before that limit (f80258a), over this transport"
-        " (nothing in an operation waits) the ticker was late by about 14 ms at every tick of a"
-        " journal-off run, 19 ms at most.",
+        f" {bulk['loop_gap_ms_journal_off']['max']:.1f} ms at most. A run starts at most four"
+        " operations that wait for nothing per turn of the loop. Before that limit (f80258a), over"
+        " this transport (nothing in an operation waits) the ticker was late by about 14 ms at every"
+        " tick of a journal-off run, 19 ms at most.",
         "",
     ]
     return "\n".join(lines)

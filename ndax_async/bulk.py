@@ -21,9 +21,10 @@ finishes; :attr:`Bulk.summary` totals them.
   more); with a journal, those operations are validated and recorded as
   ``sending`` ahead of their turn, 64 to a commit. A run stopped early leaves
   them so: the next run sends them, with their recorded request_id.
-- A run starts at most four operations per turn of the event loop, so it
-  never holds the loop for long, even where nothing waits (a mock, a server
-  that answers at once, rows refused before sending).
+- Where its operations wait for nothing (a mock, a server that answers at
+  once, rows refused before sending), a run starts at most four of them per
+  turn of the event loop, so it never holds the loop for long. An operation
+  that waited (for the network, say) is followed by the next at once.
 - Nothing is dropped: a row that is malformed, invalid or refused becomes a
   ``failed`` result with its line and reason, and the run goes on.
 """
@@ -55,7 +56,7 @@ DEFAULT_RATE = 180.0  # 90% of the documented 2,000 requests per 10 seconds
 READ_AHEAD = 128  # input items read (and, with a journal, claimed) ahead of the workers, at least
 READ_PIECE = 16  # items read between turns of the loop
 CLAIM_BATCH = 64  # operations read ahead whose claims are queued together
-OPERATIONS_PER_TURN = 4  # operations a run starts per turn of the event loop, at most
+UNWAITING_PER_TURN = 4  # operations that wait for nothing a run starts per turn of the event loop, at most
 
 
 @attrs.frozen(kw_only=True)
@@ -291,19 +292,23 @@ class Bulk:
         """Run ``items`` on ``concurrency`` workers, each taking the next item when it is done.
 
         The input is read (and, with a journal, claimed) ahead of the workers by
-        :class:`_ReadAhead`; a worker then waits for its turn (:class:`_Turns`),
-        so a run never holds the event loop for more than a few operations.
+        :class:`_ReadAhead`; :class:`_Pacer` keeps the run from holding the event
+        loop where its operations wait for nothing.
         """
         ahead = _ReadAhead(self, items, window=max(READ_AHEAD, 4 * self.concurrency))
-        turns = _Turns(OPERATIONS_PER_TURN)
+        pacer = _Pacer(UNWAITING_PER_TURN)
 
         async def worker() -> None:
+            waited = False  # whether this worker's last operation let the loop turn
             while True:
                 item = await ahead.next()
                 if item is _END:
                     return
-                await turns.wait()
+                if not waited:
+                    await pacer.wait()
+                started = pacer.start()
                 result = await self._guarded(item, deferred)
+                waited = pacer.turn != started
                 if result is not None:
                     await results.put(result)
 
@@ -509,18 +514,35 @@ class _Final:
     operation: Operation
 
 
-class _Turns:
-    """Lets ``per_turn`` operations start per turn of the event loop, first come first served.
+class _Pacer:
+    """Keeps a run from holding the event loop where its operations wait for nothing.
 
     Operations whose requests never wait (a server that answers at once, a
     mock, rows refused before sending) would otherwise run back to back, each
-    worker in turn, and hold the loop from every other task for as long.
+    worker in turn, and hold the loop from every other task for as long. So a
+    worker whose last operation did not let the loop turn waits for a later
+    turn (:meth:`wait`), and at most ``per_turn`` such workers go on per turn,
+    first come first served. An operation that waited (for the network, the
+    journal) has let the loop turn already: the next one starts at once.
     """
 
     def __init__(self, per_turn: int) -> None:
         self._per_turn = per_turn
+        self.turn = 0  # counts the turns of the loop in which operations started
+        self._counting = False  # a turn's end is counted (see start())
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._releasing = False
+
+    def start(self) -> int:
+        """Note an operation starting now; return the turn it starts in."""
+        if not self._counting:
+            self._counting = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        return self.turn
+
+    def _next_turn(self) -> None:
+        self.turn += 1
+        self._counting = False
 
     def wait(self) -> asyncio.Future[None]:
         """A future done when it is this caller's turn (a later turn of the loop)."""

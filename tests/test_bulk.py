@@ -550,7 +550,7 @@ async def test_an_interrupted_run_resumes_exactly_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize("journaled", [False, True])
 async def test_a_run_lets_the_event_loop_turn_every_few_operations(journaled: bool, tmp_path: Path) -> None:
     """The sandbox answers at once, so nothing in an operation waits; a run still starts
-    at most OPERATIONS_PER_TURN of them per turn of the loop, and other tasks get theirs."""
+    at most UNWAITING_PER_TURN of them per turn of the loop, and other tasks get theirs."""
     sandbox = Sandbox()
     sent_by_turn: list[int] = []
 
@@ -567,7 +567,35 @@ async def test_a_run_lets_the_event_loop_turn_every_few_operations(journaled: bo
     assert summary.succeeded == 400
     per_turn = [after - before for before, after in itertools.pairwise(sent_by_turn)]
     assert sum(per_turn) > 300  # the ticker ran throughout
-    assert max(per_turn) <= bulk.OPERATIONS_PER_TURN
+    assert max(per_turn) <= bulk.UNWAITING_PER_TURN
+
+
+async def test_operations_that_wait_are_not_held_back() -> None:
+    """An operation that let the loop turn (here each request waits one turn, as a real
+    one waits for the network) is followed at once by the next: 32 workers finish 640
+    operations in a few dozen turns, not the 160 that pacing would take."""
+    sandbox = Sandbox()
+
+    class OneTurn(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(0)
+            return await sandbox.transport().handle_async_request(request)
+
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async with AsyncClient(**sandbox.credentials, transport=OneTurn()) as client:
+        engine = Bulk(client, concurrency=32, rate=None)
+        ticking = asyncio.create_task(ticker())
+        summary = await engine.run_all(operations(creates(640)))
+        ticking.cancel()
+    assert summary.succeeded == 640
+    assert turns < 640 // bulk.UNWAITING_PER_TURN // 2
 
 
 async def test_a_journaled_run_claims_ahead_in_few_commits(tmp_path: Path) -> None:
