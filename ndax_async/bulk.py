@@ -201,6 +201,7 @@ class Bulk:
         self._created: dict[str, str | None] = {}
         self._lines: dict[str, int | None] = {}
         self._scope = CallScope()  # the run's limits, made by run()
+        self._running = False
 
     async def run(
         self, operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]
@@ -212,7 +213,13 @@ class Bulk:
         are cancelled and the next run with the same journal resends them.
         Raises :class:`~ndax_async.errors.JournalError` if the journal cannot be
         written, and whatever the input raises, after the results before it.
+        Runs of one engine take turns: ``RuntimeError`` if another is going.
         """
+        if self._running:
+            raise RuntimeError(
+                "this Bulk engine is running another run: runs of one engine take turns"
+                " (make an engine for each run that goes at the same time)"
+            )
         self.summary = BulkSummary()
         # The run's limits travel with its calls; the shared client is not touched.
         limiter = None
@@ -222,6 +229,7 @@ class Bulk:
         results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         self._lines = {}
         self.journal = None
+        self._running = True
         try:
             journal = await self._open_journal()
             if journal is not None:
@@ -239,13 +247,16 @@ class Bulk:
                     await asyncio.gather(producer, return_exceptions=True)
         finally:
             self.summary.finished = time.monotonic()
-            if self.journal is not None:
-                try:
-                    await self.journal.drain()  # every outcome committed before the run ends
-                finally:
-                    self.journal.end_run()
-                    if not isinstance(self._journal_spec, Journal):
-                        await self.journal.close()
+            try:
+                if self.journal is not None:
+                    try:
+                        await self.journal.drain()  # every outcome committed before the run ends
+                    finally:
+                        self.journal.end_run()
+                        if not isinstance(self._journal_spec, Journal):
+                            await self.journal.close()
+            finally:
+                self._running = False
 
     async def run_all(
         self, operations: Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]

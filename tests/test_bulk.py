@@ -482,6 +482,24 @@ async def test_runs_sharing_a_journal_take_turns(tmp_path: Path) -> None:
         await journal.close()
 
 
+async def test_runs_of_one_engine_take_turns() -> None:
+    """A second run of an engine while its first is going is refused before it sends
+    anything (it would reset the first one's summary, limits and journal); after the
+    first ends, the engine runs again."""
+    sandbox = Sandbox()
+    rows = creates(6)
+    async with sandbox.client() as client:
+        engine = Bulk(client, concurrency=2, rate=None)
+        async with contextlib.aclosing(engine.run(operations(rows[:3]))) as first:
+            assert (await anext(first)).outcome == "succeeded"
+            with pytest.raises(RuntimeError, match="running another run"):
+                await engine.run_all(operations(rows[3:]))
+            assert len([r async for r in first]) == 2  # the first run goes on, untouched
+        assert engine.summary.succeeded == 3
+        assert (await engine.run_all(operations(rows[3:]))).succeeded == 3
+    assert sandbox.stats["creations"] == 6
+
+
 async def test_a_journal_from_before_run_ids_is_migrated_and_resumed(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     with contextlib.closing(sqlite3.connect(path)) as db:
