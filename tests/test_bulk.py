@@ -913,7 +913,16 @@ def test_killed_backfill_resumes_exactly_once(tmp_path: Path) -> None:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 kills += 1
-        final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        results_file = tmp_path / "ops.jsonl.results.jsonl"
+        for _ in range(3):
+            final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+            # With 15% of requests faulted, a row can still use up its retries (about 1 run
+            # in 10); the CLI says to run the same command again, which resends it with its
+            # request_id. Only such failures get another run.
+            failed = [json.loads(line) for line in results_file.read_text().splitlines()]
+            failed = [r for r in failed if r["outcome"] == "failed"]
+            if final.returncode != 1 or any(r["reason"] not in ("transport", "server") for r in failed):
+                break
     assert kills >= 2, "the runs finished before they could be killed; the test proved nothing"
     assert final.returncode == 0, final.stdout + final.stderr
     stats = sandbox.stats
@@ -921,7 +930,7 @@ def test_killed_backfill_resumes_exactly_once(tmp_path: Path) -> None:
     assert stats["creations"] == creates
     assert stats["updates"] == 40
     assert stats["duplicates"] == stats["conflicts"] == stats["duplicate_payloads"] == 0
-    results = [json.loads(line) for line in (tmp_path / "ops.jsonl.results.jsonl").read_text().splitlines()]
+    results = [json.loads(line) for line in results_file.read_text().splitlines()]
     assert len(results) == len(rows)
     assert all(r["outcome"] in ("succeeded", "skipped") for r in results)
 
