@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -36,6 +36,7 @@ __all__ = [
     "HttpxTransportSender",
     "RawResponse",
     "Sender",
+    "SignedSend",
 ]
 
 
@@ -71,6 +72,14 @@ class Sender(Protocol):
     ) -> RawResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+SignedSend = Callable[
+    [str, str, Callable[[], dict[str, str]], "bytes | None", "float | None"], Awaitable[RawResponse]
+]
+"""``send_signed(method, url, headers, body, timeout)``: a sender's send that makes the
+headers by calling ``headers()`` just before the request is written, after any wait
+for a connection. A sender offering it limits its own requests in flight."""
 
 
 class HttpxClientSender:

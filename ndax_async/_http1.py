@@ -12,6 +12,10 @@ about two thirds of the client CPU per request it costs on aiohttp (see
 - connections are kept alive and reused, at most ``max_connections`` at once;
   one the server closed, one an attempt was cancelled on, or one that sent
   bytes after its response, is never reused;
+- requests beyond ``max_connections`` wait in order; when a response ends, the
+  next waiting request is signed (its headers made) and written on that
+  connection from the response's own callback, so a waiting call is woken
+  once, by its response, and its signature is never older than its send;
 - TLS comes from asyncio with the SSL context given (verification on).
 
 No proxies, redirects, cookies or HTTP/2: pass ``http_client=`` (an
@@ -22,9 +26,11 @@ exception types, like every sender's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import ssl
 import zlib
+from collections.abc import Callable
 from typing import NamedTuple, cast
 from urllib.parse import quote, urlsplit
 
@@ -85,13 +91,21 @@ def _request_head(method: str, origin: _Origin, headers: dict[str, str], body: b
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection carrying one request at a time."""
+    """One TCP (or TLS) connection carrying one request at a time.
 
-    def __init__(self) -> None:
+    When a response is complete (or the exchange failed) the connection calls
+    ``on_free(self)``: the pool then writes the next waiting request on it, from
+    inside this callback, or parks it.
+    """
+
+    def __init__(self, key: tuple[str, str, int], on_free: Callable[[_Connection], None]) -> None:
+        self.key = key
         self.transport: asyncio.Transport | None = None
         self.reusable = True
+        self._on_free = on_free
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[RawResponse] | None = None
+        self._waiter: asyncio.Future[RawResponse | None] | None = None
+        self._answered = False
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
@@ -104,13 +118,14 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None or self._waiter.done():  # bytes after the response: out of step
+        if self._waiter is None or self._waiter.done():  # bytes after the response, or a caller gone
             self.close()
             return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
             self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {error}"))
+        self._hand_over()  # after the parser: bytes after the response have been seen by now
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -118,10 +133,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         if self._waiter is None or self._waiter.done():
-            return
+            return  # idle, or its caller gave up (and freed its slot)
         framed = "content-length" in self._headers or "chunked" in self._headers.get("transfer-encoding", "")
         if self._headers_done and not framed:
             self._finish()  # a body delimited by the connection's close
+            self._hand_over()
             return
         detail = f": {exc}" if exc else ""
         self._fail(httpx.RemoteProtocolError(f"the server closed the connection mid-response{detail}"))
@@ -161,20 +177,24 @@ class _Connection(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------
 
-    async def request(self, head: bytes, body: bytes | None) -> RawResponse:
-        """Write one request and wait for its complete response."""
+    def start(self, head: bytes, body: bytes | None, waiter: asyncio.Future[RawResponse | None]) -> None:
+        """Write one request; ``waiter`` gets its complete response (or the failure)."""
         transport = self.transport
         assert transport is not None
-        waiter: asyncio.Future[RawResponse] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         transport.write(head + body if body else head)
-        try:
-            return await waiter
-        except BaseException:
-            self.close()  # a cancelled or failed exchange leaves the stream out of step
-            raise
-        finally:
+
+    def abandon(self, waiter: asyncio.Future[RawResponse | None]) -> None:
+        """Its caller stopped waiting for ``waiter`` (cancelled, timed out): retire the connection."""
+        if self._waiter is waiter:
             self._waiter = None
+            self.close()  # the stream is out of step
+            self._on_free(self)
+
+    def can_carry(self) -> bool:
+        """Whether another request may be written on this connection."""
+        transport = self.transport
+        return self.reusable and transport is not None and not transport.is_closing()
 
     def close(self) -> None:
         """Close the connection; it is never reused."""
@@ -186,6 +206,8 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
+        self._waiter = None
+        self._answered = True
         content = b"".join(self._body)
         encoding = self._headers.get("content-encoding", "").strip().lower()
         if content and encoding in _DECOMPRESS_WBITS:
@@ -197,17 +219,53 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         waiter.set_result(RawResponse(status, self._headers, content))
 
+    def _hand_over(self) -> None:
+        if self._answered:
+            self._answered = False
+            self._on_free(self)
+
     def _fail(self, error: Exception) -> None:
         self.reusable = False
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
         if self.transport is not None:
             self.transport.close()
+        waiter = self._waiter
+        if waiter is None:
+            return
+        self._waiter = None
+        if not waiter.done():
+            waiter.set_exception(error)
+        self._on_free(self)
+
+
+class _Queued:
+    """A request waiting for a free slot; the pool writes it when one frees."""
+
+    __slots__ = ("answer", "body", "connection", "headers", "key", "method", "origin")
+
+    def __init__(
+        self,
+        method: str,
+        origin: _Origin,
+        headers: Callable[[], dict[str, str]],
+        body: bytes | None,
+        answer: asyncio.Future[RawResponse | None],
+    ) -> None:
+        self.method = method
+        self.origin = origin
+        self.key = origin[:3]
+        self.headers = headers
+        self.body = body
+        self.answer = answer  # its response; None when handed a slot but no connection
+        self.connection: _Connection | None = None
 
 
 class BuiltinSender:
     """Sends over a keep-alive pool of at most ``max_connections`` HTTP/1.1 connections.
+
+    At most ``max_connections`` requests are in flight at once; the rest wait
+    in order. When a response completes, the next waiting request is written
+    on the same connection at once, inside the connection's callback, so a
+    waiting call is woken once, by its own response, not twice.
 
     The pool belongs to the event loop it was first used in; using the client
     from another loop raises :class:`~ndax_async.errors.ClientClosedError`.
@@ -222,22 +280,65 @@ class BuiltinSender:
         )
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open: set[_Connection] = set()
-        self._slots: asyncio.Semaphore | None = None
+        self._busy = 0
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     async def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float | None
     ) -> RawResponse:
-        # ``timeout`` is enforced around the whole attempt by the transport.
+        """Send one request with these headers and read its response in full."""
+        return await self.send_signed(method, url, lambda: headers, body, timeout)
+
+    async def send_signed(
+        self,
+        method: str,
+        url: str,
+        headers: Callable[[], dict[str, str]],
+        body: bytes | None,
+        timeout: float | None,
+    ) -> RawResponse:
+        """Send one request, calling ``headers()`` just before its bytes are written.
+
+        A request beyond ``max_connections`` in flight waits for a free one
+        first, so headers made then (a signature with a timestamp) are never
+        older than the send. ``timeout`` is enforced around the whole attempt
+        by the transport.
+        """
         origin = _split(url)
-        head = _request_head(method, origin, headers, body)
-        async with self._slots_for_this_loop():
-            connection = self._idle_connection(origin) or await self._connect(origin)
+        loop = self._bound_loop()
+        if self._busy >= self.max_connections or self._queue:
+            queued = _Queued(method, origin, headers, body, loop.create_future())
+            self._queue.append(queued)
             try:
-                response = await connection.request(head, body)
-            finally:
-                self._release(origin, connection)
+                answer = await queued.answer
+            except BaseException:
+                self._give_up(queued)
+                raise
+            if answer is not None:
+                return answer
+            # None: a slot was handed over without a connection; fetch one below.
+        else:
+            self._busy += 1
+        try:
+            connection = self._idle_connection(origin[:3]) or await self._connect(origin)
+        except BaseException:
+            self._on_free(None)
+            raise
+        try:
+            head = _request_head(method, origin, headers(), body)
+        except BaseException:
+            self._on_free(connection)
+            raise
+        waiter: asyncio.Future[RawResponse | None] = loop.create_future()
+        connection.start(head, body, waiter)
+        try:
+            response = await waiter
+        except BaseException:
+            connection.abandon(waiter)
+            raise
+        assert response is not None
         return response
 
     async def aclose(self) -> None:
@@ -247,24 +348,22 @@ class BuiltinSender:
         self._open.clear()
         self._idle.clear()
 
-    def _slots_for_this_loop(self) -> asyncio.Semaphore:
+    def _bound_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_connections)
+        if self._loop is None:
             self._loop = loop
         elif loop is not self._loop:
             raise ClientClosedError(
                 "this AsyncClient is bound to the event loop it first sent from; "
                 "create one client per event loop"
             )
-        return self._slots
+        return loop
 
-    def _idle_connection(self, origin: _Origin) -> _Connection | None:
-        idle = self._idle.get(origin[:3])
+    def _idle_connection(self, key: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
         while idle:
             connection = idle.pop()  # the most recently used: the least likely to be timed out
-            transport = connection.transport
-            if connection.reusable and transport is not None and not transport.is_closing():
+            if connection.can_carry():
                 return connection
             self._open.discard(connection)
         return None
@@ -273,9 +372,10 @@ class BuiltinSender:
         if self._closed:
             raise ClientClosedError("the AsyncClient was closed")
         tls = self.ssl_context if origin.scheme == "https" else None
+        factory = functools.partial(_Connection, origin[:3], self._on_free)
         try:
             _, connection = await asyncio.get_running_loop().create_connection(
-                _Connection, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
+                factory, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
             )
         except ssl.SSLError as error:  # before OSError: SSLError is one
             raise httpx.ConnectError(f"TLS handshake with {origin.host} failed: {error}") from error
@@ -284,9 +384,51 @@ class BuiltinSender:
         self._open.add(connection)
         return connection
 
-    def _release(self, origin: _Origin, connection: _Connection) -> None:
-        if connection.reusable and not self._closed:
-            self._idle.setdefault(origin[:3], []).append(connection)
+    def _on_free(self, connection: _Connection | None) -> None:
+        """A request's slot is free: give it, and the connection, to the next waiting request.
+
+        Called from the connection's callbacks, so the next request is written
+        at once and its caller is woken only by its own response.
+        """
+        queue = self._queue
+        while queue:
+            queued = queue.popleft()
+            if queued.answer.done():
+                continue  # its caller gave up while waiting
+            if (
+                connection is None
+                or self._closed
+                or connection.key != queued.key
+                or not connection.can_carry()
+            ):
+                self._park(connection)
+                queued.answer.set_result(None)  # the slot is its: it fetches a connection itself
+                return
+            try:
+                head = _request_head(queued.method, queued.origin, queued.headers(), queued.body)
+            except Exception as error:  # as the caller would have met it when sending
+                queued.answer.set_exception(error)
+                continue
+            queued.connection = connection
+            connection.start(head, queued.body, queued.answer)
+            return
+        self._busy -= 1
+        self._park(connection)
+
+    def _give_up(self, queued: _Queued) -> None:
+        """The caller of a waiting request stopped waiting: free what it held."""
+        answer = queued.answer
+        if queued.connection is not None:
+            queued.connection.abandon(answer)  # written, and not answered yet
+        elif answer.done() and not answer.cancelled() and answer.exception() is None:
+            self._on_free(None)  # handed a slot (None, not a response: it has no connection) it will not use
+        # Still in the queue: skipped when its turn comes.
+
+    def _park(self, connection: _Connection | None) -> None:
+        if connection is None:
+            return
+        if connection.can_carry() and not self._closed:
+            self._idle.setdefault(connection.key, []).append(connection)
         else:
             connection.close()
             self._open.discard(connection)

@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState
 
 from ._auth import EMPTY_BODY, Credentials
 from ._clock import Clock
-from ._http import RawResponse, Sender
+from ._http import RawResponse, Sender, SignedSend
 from ._limits import RateLimiter, RetryQuota
 from ._retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
 from .errors import ClientClosedError, ConnectError, RequestTimeout, TransportError
@@ -78,9 +78,12 @@ class Transport:
         user_agent: str = "ndax-async",
         max_in_flight: int | None = None,
     ) -> None:
-        # Attempts beyond ``max_in_flight`` wait here, before they are signed, not in
-        # the sender's pool after it: a signature is never older than its send.
-        self.slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+        # A signature must never be older than its send. A sender with
+        # ``send_signed`` (the built-in one) queues attempts beyond its pool itself
+        # and signs each as it writes it; for any other, attempts beyond
+        # ``max_in_flight`` wait here, before they are signed.
+        self.send_signed: SignedSend | None = getattr(sender, "send_signed", None)
+        self.slots = asyncio.Semaphore(max_in_flight) if max_in_flight and not self.send_signed else None
         self.limiter = limiter
         self.quota = quota
         self.sender = sender
@@ -232,11 +235,15 @@ class _Call:
             )
         try:
             async with attempt_timeout(timeout):  # the whole attempt: the wait for a turn to the last byte
-                if transport.slots is None:
-                    response = await self._sign_and_send(timeout)
+                if transport.send_signed is not None:
+                    response = await transport.send_signed(
+                        self.method, self.url, self._signed_headers, self.body, timeout
+                    )
+                elif transport.slots is None:
+                    response = await self._send(timeout)
                 else:
                     async with transport.slots:
-                        response = await self._sign_and_send(timeout)
+                        response = await self._send(timeout)
         except httpx.TransportError as error:
             return Outcome(error=error)
         except asyncio.TimeoutError:
@@ -247,15 +254,21 @@ class _Call:
             transport.pause.block(min(limit, self.policy.retry_after_max))
         return Outcome(response=response)
 
-    async def _sign_and_send(self, timeout: float | None) -> RawResponse:
-        """Sign with the current time, then send at once."""
+    def _signed_headers(self) -> dict[str, str]:
+        """The attempt's headers, signed with the current time."""
         transport = self.transport
         timestamp = str(int(transport.clock.time()))
         signed = self.body if self.body is not None else EMPTY_BODY
         headers = transport.credentials.headers(timestamp, self.method, self.route, signed)
         headers.update(_JSON_HEADERS if self.body is not None else _GET_HEADERS)
         headers["User-Agent"] = transport.user_agent
-        return await transport.sender.send(self.method, self.url, headers, self.body, timeout)
+        return headers
+
+    async def _send(self, timeout: float | None) -> RawResponse:
+        """Sign with the current time, then send at once."""
+        return await self.transport.sender.send(
+            self.method, self.url, self._signed_headers(), self.body, timeout
+        )
 
     def should_retry(self, state: RetryCallState) -> bool:
         outcome = _outcome_of(state)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,9 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from ndax_async import _http1
+from ndax_async import AsyncClient, _http1
 from ndax_async._http1 import BuiltinSender
 from ndax_async.errors import ClientClosedError
+from ndax_async.testing import FakeClock
+
+from .helpers import API_KEY, API_SECRET, PASSPHRASE, customer_wire
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 
@@ -277,6 +281,168 @@ async def test_a_cancelled_request_closes_its_connection(serve: Any) -> None:
     assert server.closed_by_client == 1  # not returned to the pool half-read
     assert (await post(sender, server.url)).status_code == 200  # and its slot is free again
     await sender.aclose()
+
+
+def held_until(release: asyncio.Event) -> Reply:
+    """Answers OK, the first request only once ``release`` is set."""
+
+    async def reply(request: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"first" in request:
+            await release.wait()
+        writer.write(OK)
+
+    return reply
+
+
+async def settle(calls: list[asyncio.Task[Any]]) -> None:
+    """Wait for ``calls`` to end, failing (not hanging) if a freed slot was lost."""
+    _, pending = await asyncio.wait(calls, timeout=5)
+    assert not pending, "a call still waits: a freed slot was not passed on"
+
+
+async def test_a_waiting_request_is_written_as_soon_as_a_response_frees_its_connection(serve: Any) -> None:
+    release = asyncio.Event()
+    server = await serve(held_until(release))
+    sender = BuiltinSender(1)
+    events: list[str] = []
+
+    def headers(name: str) -> Callable[[], dict[str, str]]:
+        def make() -> dict[str, str]:
+            events.append(f"{name} signed")
+            return {"X-Name": name}
+
+        return make
+
+    async def call(name: str) -> None:
+        await sender.send_signed("POST", server.url + "/" + name, headers(name), b"{}", None)
+        events.append(f"{name} answered")
+
+    first = asyncio.create_task(call("first"))
+    second = asyncio.create_task(call("second"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert events == ["first signed"]  # the second waits for the only connection, unsigned
+    release.set()
+    await settle([first, second])
+    await sender.aclose()
+    # Signed and written from the first's response callback, before the first's caller resumed.
+    assert events == ["first signed", "second signed", "first answered", "second answered"]
+    assert server.connections == 1
+
+
+async def test_a_caller_that_stops_waiting_in_the_queue_is_never_sent(serve: Any) -> None:
+    release = asyncio.Event()
+    server = await serve(held_until(release))
+    sender = BuiltinSender(1)
+    first = asyncio.create_task(sender.send("POST", server.url + "/first", {}, b"{}", None))
+    second = asyncio.create_task(sender.send("POST", server.url + "/second", {}, b"{}", None))
+    third = asyncio.create_task(sender.send("POST", server.url + "/third", {}, b"{}", None))
+    await asyncio.sleep(0.05)
+    second.cancel()
+    release.set()
+    await settle([first, second, third])
+    await sender.aclose()
+    assert second.cancelled()
+    assert first.result().status_code == third.result().status_code == 200
+    assert [request.split(b" ")[1] for request in server.requests] == [b"/first", b"/third"]
+
+
+async def test_a_slot_handed_over_without_a_connection_is_passed_on_if_unused(serve: Any) -> None:
+    """A response that closes its connection hands the slot to the next caller, who
+    connects itself; if that caller is cancelled before it resumes, the slot goes on."""
+    raw = OK.replace(b"Content-Length", b"Connection: close\r\nContent-Length")
+    server = await serve(answer(raw, close=True))
+    sender = BuiltinSender(1)
+    calls: list[asyncio.Task[Any]] = []
+
+    async def first_then_cancel_the_second() -> Any:
+        response = await post(sender, server.url)
+        calls[1].cancel()  # handed the slot already, not resumed yet
+        return response
+
+    calls.append(asyncio.create_task(first_then_cancel_the_second()))
+    calls.extend(asyncio.create_task(post(sender, server.url)) for _ in range(3))
+    await settle(calls)
+    await sender.aclose()
+    assert calls[1].cancelled()
+    assert [call.result().status_code for call in calls if not call.cancelled()] == [200, 200, 200]
+    assert server.connections == 3
+    assert server.most_open == 1
+
+
+async def test_headers_that_fail_when_a_waiting_request_is_written_fail_that_call_only(serve: Any) -> None:
+    release = asyncio.Event()
+    server = await serve(held_until(release))
+    sender = BuiltinSender(1)
+
+    def broken() -> dict[str, str]:
+        return {"X-Evil": "a\r\nX-Injected: 1"}
+
+    first = asyncio.create_task(sender.send("POST", server.url + "/first", {}, b"{}", None))
+    second = asyncio.create_task(sender.send_signed("POST", server.url + "/second", broken, b"{}", None))
+    third = asyncio.create_task(sender.send("POST", server.url + "/third", {}, b"{}", None))
+    await asyncio.sleep(0.05)
+    release.set()
+    await settle([first, second, third])
+    await sender.aclose()
+    with pytest.raises(ValueError, match="line break"):
+        second.result()
+    assert third.result().status_code == 200
+    assert [request.split(b" ")[1] for request in server.requests] == [b"/first", b"/third"]
+
+
+async def test_aclose_fails_waiting_requests_instead_of_leaving_them(serve: Any) -> None:
+    release = asyncio.Event()
+    server = await serve(held_until(release))
+    sender = BuiltinSender(1)
+    first = asyncio.create_task(sender.send("POST", server.url + "/first", {}, b"{}", None))
+    second = asyncio.create_task(sender.send("POST", server.url + "/second", {}, b"{}", None))
+    await asyncio.sleep(0.05)
+    await sender.aclose()
+    await settle([first, second])
+    release.set()
+    with pytest.raises(httpx.RemoteProtocolError):
+        first.result()
+    with pytest.raises(ClientClosedError):
+        second.result()
+
+
+async def test_the_client_signs_a_call_waiting_for_a_connection_when_it_is_written(
+    serve: Any, clock: FakeClock
+) -> None:
+    """The built-in sender queues calls beyond max_connections itself; each is signed
+    as it is written, so a signature is never older than its send (about 60 s of skew)."""
+    release = asyncio.Event()
+    stamps: list[tuple[int, int]] = []  # (X-NDAX-TIMESTAMP sent, the clock when the server read it)
+    body = b'{"message": {"participant_code": "P1"}}'
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def respond(request: bytes, writer: asyncio.StreamWriter) -> None:
+        stamp = re.search(rb"X-NDAX-TIMESTAMP: (\d+)", request, re.IGNORECASE)
+        assert stamp is not None
+        stamps.append((int(stamp.group(1)), int(clock.time())))
+        if len(stamps) == 1:
+            await release.wait()  # the first call holds the only connection
+        writer.write(reply)
+
+    server = await serve(respond)
+    async with AsyncClient(
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        passphrase=PASSPHRASE,
+        base_url=server.url,
+        max_connections=1,
+        clock=clock,
+    ) as client:
+        first = asyncio.create_task(client.customers.create(customer_wire(email="a@mail.com")))
+        second = asyncio.create_task(client.customers.create(customer_wire(email="b@mail.com")))
+        await asyncio.sleep(0.05)
+        assert len(stamps) == 1  # the second call waits for the connection
+        clock.advance(45)
+        release.set()
+        await settle([first, second])
+    assert [sent for sent, _ in stamps] == [read for _, read in stamps]
+    assert stamps[1][0] - stamps[0][0] == 45
 
 
 async def test_aclose_closes_pooled_connections(serve: Any, sender: BuiltinSender) -> None:
