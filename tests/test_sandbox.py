@@ -309,6 +309,24 @@ def test_rate_limit_blocks_the_ip_for_the_window() -> None:
     assert sandbox.stats["rate_limited"] == 2
 
 
+def test_served_over_http_the_rate_limit_goes_by_the_peer_not_a_forwarded_header() -> None:
+    """Served on loopback, no proxy is trusted: an X-Forwarded-For header does not
+    make a client someone else to the rate limit. Replies carry a Content-Length."""
+    from ndax_async.testing import SandboxServer
+
+    sandbox = Sandbox(rate_limit=(1, 60.0))
+    credentials = Credentials(sandbox.api_key, sandbox.api_secret, sandbox.passphrase)
+    with SandboxServer(sandbox) as server, httpx.Client(base_url=server.base_url) as http:
+        statuses = []
+        for forwarded in ("203.0.113.1", "203.0.113.2"):
+            headers = credentials.headers(str(int(sandbox.clock())), "GET", "/participants", b"{}")
+            response = http.get("/participants", headers={**headers, "X-Forwarded-For": forwarded})
+            statuses.append(response.status_code)
+            assert response.headers["content-length"] == str(len(response.content))
+            assert "transfer-encoding" not in response.headers
+    assert statuses == [200, 429]
+
+
 # -- faults, through the SDK -------------------------------------------------------------------
 
 

@@ -57,13 +57,9 @@ class SandboxApp:
                 {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"64")]}
             )
             raise ConnectionDropped("sandbox fault: connection dropped")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": reply.status,
-                "headers": [(k.encode(), v.encode()) for k, v in reply.headers.items()],
-            }
-        )
+        raw_headers = [(k.encode(), v.encode()) for k, v in reply.headers.items()]
+        raw_headers.append((b"content-length", str(len(reply.body)).encode()))  # not chunked: one piece
+        await send({"type": "http.response.start", "status": reply.status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": reply.body})
 
 

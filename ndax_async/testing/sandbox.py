@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -417,27 +417,30 @@ class Sandbox:
             given = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
             return self._auth_failure("bad_signature", 401, "Invalid signature")
+        prefix = f"{timestamp}{method}{target}".encode()
         for signed_body in self._signable_bodies(body):
-            expected = hmac.new(
-                self._key, f"{timestamp}{method}{target}".encode() + signed_body, hashlib.sha256
-            )
+            expected = hmac.new(self._key, prefix + signed_body, hashlib.sha256)
             if hmac.compare_digest(expected.digest(), given):
                 return None
         return self._auth_failure("bad_signature", 401, "Invalid signature")
 
     @staticmethod
-    def _signable_bodies(body: bytes) -> list[bytes]:
-        """The raw bytes, and what JSON.stringify would print for the parsed body."""
+    def _signable_bodies(body: bytes) -> Iterator[bytes]:
+        """The raw bytes, then what JSON.stringify would print for the parsed body.
+
+        Lazily: the second is parsed and printed only when the raw bytes did not
+        match, which is seldom (the SDK signs the bytes it sends).
+        """
         if not body:
-            return [b"{}"]
-        bodies = [body]
+            yield b"{}"
+            return
+        yield body
         try:
             restringified = _json.dumps(json.loads(body))
         except (ValueError, TypeError, RecursionError):
-            return bodies
+            return
         if restringified != body:
-            bodies.append(restringified)
-        return bodies
+            yield restringified
 
     def _auth_failure(self, kind: str, status: int, message: str) -> Reply:
         self._count("auth_failures", kind)

@@ -30,7 +30,13 @@ def _server(sandbox: Sandbox, port: int, log_level: str) -> Any:
 
     logging.getLogger("uvicorn.error").addFilter(_HideInjectedDrops())
     config = uvicorn.Config(
-        sandbox.asgi_app(), host=HOST, port=port, log_level=log_level, access_log=False, lifespan="off"
+        sandbox.asgi_app(),
+        host=HOST,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        proxy_headers=False,  # the peer address is the client (its rate limit); no proxy is trusted
     )
     return uvicorn.Server(config)
 
