@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         ("overhead", lambda: overhead.run(**plan["overhead"])),
         ("throughput", lambda: throughput.run(**plan["throughput"])),
         ("scaling", lambda: throughput.scaling(**plan["scaling"])),
+        ("scaling_reference", lambda: throughput.scaling(**plan["scaling"], server="reference")),
         ("bulk", lambda: bulk.run(**plan["bulk"])),
         ("memory", lambda: bulk.memory(**plan["memory"])),
     )

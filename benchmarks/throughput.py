@@ -23,10 +23,12 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -56,12 +58,13 @@ CLIENTS = (
     "hand-written aiohttp",
 )
 BASELINE = "hand-written aiohttp"
+REFERENCE_SERVER = Path(__file__).with_name("reference_server.js")
 Send = Callable[[int], Awaitable[None]]
 
 
 @attrs.frozen
-class ServedSandbox:
-    """A sandbox in a child process: its base URL, and its CPU time so far if the OS says."""
+class ServedServer:
+    """A server (the sandbox, or the reference server) in a child process: its base URL and CPU time."""
 
     base_url: str
     pid: int
@@ -77,17 +80,30 @@ class ServedSandbox:
 
 
 @contextlib.contextmanager
-def sandbox_process() -> Iterator[ServedSandbox]:
+def sandbox_process() -> Iterator[ServedServer]:
     """Serve the sandbox (``ndax-async sandbox``) in a child process."""
-    command = [sys.executable, "-m", "ndax_async.cli", "sandbox", "--port", "0"]
+    with _served([sys.executable, "-m", "ndax_async.cli", "sandbox", "--port", "0"]) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def reference_process() -> Iterator[ServedServer]:
+    """Serve ``reference_server.js`` (Node.js): a fixed reply to every request, nothing checked."""
+    with _served(["node", str(REFERENCE_SERVER)]) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _served(command: list[str]) -> Iterator[ServedServer]:
+    """Run a server that prints its ``http://127.0.0.1:<port>`` on its first line; stop it after."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
         found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
         if not found:
-            raise RuntimeError(f"sandbox did not start: {line!r}")
-        yield ServedSandbox(found.group(1), process.pid)
+            raise RuntimeError(f"server did not start: {line!r}")
+        yield ServedServer(found.group(1), process.pid)
     finally:
         process.terminate()
         process.wait(10)
@@ -164,7 +180,7 @@ async def _sender(name: str, base_url: str, concurrency: int, tag: str) -> Any:
 class _Load:
     """Drives ``send`` from a number of tasks for a while and times what it costs."""
 
-    def __init__(self, send: Send, server: ServedSandbox) -> None:
+    def __init__(self, send: Send, server: ServedServer) -> None:
         self.send = send
         self.server = server
         self.counter = iter(range(10**9))
@@ -195,7 +211,7 @@ class _Load:
 
 
 async def _measure(
-    name: str, server: ServedSandbox, concurrency: int, seconds: float, tag: str
+    name: str, server: ServedServer, concurrency: int, seconds: float, tag: str
 ) -> dict[str, float]:
     """One cell: a warm-up that opens every pooled connection, then ``seconds`` timed."""
     async with _sender(name, server.base_url, concurrency, tag) as send:
@@ -205,7 +221,7 @@ async def _measure(
 
 
 async def _interleave(
-    name: str, server: ServedSandbox, low: int, high: int, slices: int, seconds: float
+    name: str, server: ServedServer, low: int, high: int, slices: int, seconds: float
 ) -> dict[str, list[dict[str, float]]]:
     """``slices`` pairs of timed slices at ``low`` and ``high`` in flight, back to back, on one client."""
     async with _sender(name, server.base_url, high, "scaling") as send:
@@ -227,20 +243,36 @@ def scaling(
     high: int = 256,
     slices: int = 16,
     seconds: float = 0.4,
+    server: str = "sandbox",
 ) -> dict[str, Any]:
     """Each client's rate at ``high`` in flight over its rate at ``low``, measured back to back.
 
     The cells of :func:`run` put a client's two concurrencies tens of seconds
     apart, and this VM's speed drifts by 10 to 20% over seconds, so their ratio
-    flips with the noise. Here one client and one sandbox alternate short
+    flips with the noise. Here one client and one server alternate short
     slices at the two concurrencies; the ratio is the median of the ratios
     within each pair. The client and server CPU per create are compared the
     same way, which shows where a difference comes from.
+
+    ``server`` is ``"sandbox"``, or ``"reference"``: the Node.js server of
+    ``reference_server.js``, which checks nothing and costs far less per
+    request, so the client's own scaling shows (skipped without ``node``).
     """
-    result: dict[str, Any] = {"low": low, "high": high, "slices": slices, "seconds": seconds, "clients": {}}
+    result: dict[str, Any] = {
+        "server": server,
+        "low": low,
+        "high": high,
+        "slices": slices,
+        "seconds": seconds,
+        "clients": {},
+    }
+    if server == "reference" and shutil.which("node") is None:
+        result["skipped"] = "node (Node.js) is not on PATH"
+        return result
+    serve = reference_process if server == "reference" else sandbox_process
     for name in names:
-        with sandbox_process() as server:
-            figures = asyncio.run(_interleave(name, server, low, high, slices, seconds))
+        with serve() as served:
+            figures = asyncio.run(_interleave(name, served, low, high, slices, seconds))
         result["clients"][name] = _compare(figures["low"], figures["high"])
     return result
 
