@@ -186,7 +186,8 @@ def _scaling_section(scaling: dict[str, Any]) -> list[str]:
     low, high = scaling["low"], scaling["high"]
     lines = [
         f"## 2b. {high} in flight against {low}, back to back ({scaling['slices']} pairs of"
-        f" {scaling['seconds']:g} s slices on one client and one sandbox, alternating which goes first)",
+        f" {scaling['seconds']:g} s slices, each pair on a fresh sandbox and client, alternating which goes"
+        " first)",
         "",
         *_scaling_table(scaling, "sandbox"),
         "",
