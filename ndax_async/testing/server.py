@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +87,11 @@ class SandboxServer:
 
 
 def serve_forever(sandbox: Sandbox, port: int = 0, on_ready: Any = print) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM; call ``on_ready(line)`` once listening."""
+    """Serve in the foreground until SIGINT/SIGTERM; call ``on_ready(line)`` once listening.
+
+    Runs on the event loop uvicorn would pick itself (uvloop where installed),
+    as :class:`SandboxServer`'s thread does.
+    """
     server = _server(sandbox, port, "warning")
 
     async def main() -> None:
@@ -100,4 +106,21 @@ def serve_forever(sandbox: Sandbox, port: int = 0, on_ready: Any = print) -> Non
         on_ready(f"NDAX sandbox at http://{HOST}:{bound} {credentials}")
         await task
 
-    asyncio.run(main())
+    loop_factory = _loop_factory(server)
+    if loop_factory is None or sys.version_info < (3, 11):
+        asyncio.run(main())
+    else:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
+
+
+def _loop_factory(server: Any) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop uvicorn itself would run on: uvloop where installed (``loop="auto"``).
+
+    uvicorn before 0.36 has no loop factories; the default asyncio loop is used then.
+    """
+    get_loop_factory = getattr(server.config, "get_loop_factory", None)
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = (
+        get_loop_factory() if get_loop_factory is not None else None
+    )
+    return factory
