@@ -294,6 +294,11 @@ def held_until(release: asyncio.Event) -> Reply:
     return reply
 
 
+def start(sender: BuiltinSender, server: ScriptedServer, name: str) -> asyncio.Task[Any]:
+    """POST ``/<name>`` in a task of its own."""
+    return asyncio.create_task(sender.send("POST", f"{server.url}/{name}", {}, b"{}", None))
+
+
 async def settle(calls: list[asyncio.Task[Any]]) -> None:
     """Wait for ``calls`` to end, failing (not hanging) if a freed slot was lost."""
     _, pending = await asyncio.wait(calls, timeout=5)
@@ -334,9 +339,9 @@ async def test_a_caller_that_stops_waiting_in_the_queue_is_never_sent(serve: Any
     release = asyncio.Event()
     server = await serve(held_until(release))
     sender = BuiltinSender(1)
-    first = asyncio.create_task(sender.send("POST", server.url + "/first", {}, b"{}", None))
-    second = asyncio.create_task(sender.send("POST", server.url + "/second", {}, b"{}", None))
-    third = asyncio.create_task(sender.send("POST", server.url + "/third", {}, b"{}", None))
+    first = start(sender, server, "first")
+    second = start(sender, server, "second")
+    third = start(sender, server, "third")
     await asyncio.sleep(0.05)
     second.cancel()
     release.set()
@@ -378,9 +383,9 @@ async def test_headers_that_fail_when_a_waiting_request_is_written_fail_that_cal
     def broken() -> dict[str, str]:
         return {"X-Evil": "a\r\nX-Injected: 1"}
 
-    first = asyncio.create_task(sender.send("POST", server.url + "/first", {}, b"{}", None))
+    first = start(sender, server, "first")
     second = asyncio.create_task(sender.send_signed("POST", server.url + "/second", broken, b"{}", None))
-    third = asyncio.create_task(sender.send("POST", server.url + "/third", {}, b"{}", None))
+    third = start(sender, server, "third")
     await asyncio.sleep(0.05)
     release.set()
     await settle([first, second, third])
@@ -395,8 +400,8 @@ async def test_aclose_fails_waiting_requests_instead_of_leaving_them(serve: Any)
     release = asyncio.Event()
     server = await serve(held_until(release))
     sender = BuiltinSender(1)
-    first = asyncio.create_task(sender.send("POST", server.url + "/first", {}, b"{}", None))
-    second = asyncio.create_task(sender.send("POST", server.url + "/second", {}, b"{}", None))
+    first = start(sender, server, "first")
+    second = start(sender, server, "second")
     await asyncio.sleep(0.05)
     await sender.aclose()
     await settle([first, second])
