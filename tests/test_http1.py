@@ -517,9 +517,11 @@ async def test_https_with_a_trusted_certificate(serve: Any, certificate_authorit
     client_context = ssl.create_default_context()
     certificate_authority.configure_trust(client_context)
     sender = BuiltinSender(2, verify=client_context)
-    response = await post(sender, f"https://localhost:{port}")
+    # Six calls over two connections: four are written from a TLS response's callback.
+    responses = await asyncio.gather(*(post(sender, f"https://localhost:{port}") for _ in range(6)))
     await sender.aclose()
-    assert response.content == b'{"ok":true}'
+    assert [response.content for response in responses] == [b'{"ok":true}'] * 6
+    assert server.connections == 2
 
 
 async def test_https_with_an_untrusted_certificate_is_refused(serve: Any, certificate_authority: Any) -> None:
