@@ -12,7 +12,7 @@ import gzip
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -294,6 +294,23 @@ def held_until(release: asyncio.Event) -> Reply:
     return reply
 
 
+class Held(NamedTuple):
+    """A one-connection sender, and a server that answers ``/first`` only once ``release`` is set."""
+
+    release: asyncio.Event
+    server: ScriptedServer
+    sender: BuiltinSender
+
+
+@pytest.fixture
+async def held(serve: Any) -> AsyncIterator[Held]:
+    release = asyncio.Event()
+    sender = BuiltinSender(1)
+    yield Held(release, await serve(held_until(release)), sender)
+    release.set()
+    await sender.aclose()
+
+
 def start(sender: BuiltinSender, server: ScriptedServer, name: str) -> asyncio.Task[Any]:
     """POST ``/<name>`` in a task of its own."""
     return asyncio.create_task(sender.send("POST", f"{server.url}/{name}", {}, b"{}", None))
@@ -305,10 +322,8 @@ async def settle(calls: list[asyncio.Task[Any]]) -> None:
     assert not pending, "a call still waits: a freed slot was not passed on"
 
 
-async def test_a_waiting_request_is_written_as_soon_as_a_response_frees_its_connection(serve: Any) -> None:
-    release = asyncio.Event()
-    server = await serve(held_until(release))
-    sender = BuiltinSender(1)
+async def test_a_waiting_request_is_written_as_soon_as_a_response_frees_its_connection(held: Held) -> None:
+    release, server, sender = held
     events: list[str] = []
 
     def headers(name: str) -> Callable[[], dict[str, str]]:
@@ -335,10 +350,8 @@ async def test_a_waiting_request_is_written_as_soon_as_a_response_frees_its_conn
     assert server.connections == 1
 
 
-async def test_a_caller_that_stops_waiting_in_the_queue_is_never_sent(serve: Any) -> None:
-    release = asyncio.Event()
-    server = await serve(held_until(release))
-    sender = BuiltinSender(1)
+async def test_a_caller_that_stops_waiting_in_the_queue_is_never_sent(held: Held) -> None:
+    release, server, sender = held
     first = start(sender, server, "first")
     second = start(sender, server, "second")
     third = start(sender, server, "third")
@@ -375,10 +388,8 @@ async def test_a_slot_handed_over_without_a_connection_is_passed_on_if_unused(se
     assert server.most_open == 1
 
 
-async def test_headers_that_fail_when_a_waiting_request_is_written_fail_that_call_only(serve: Any) -> None:
-    release = asyncio.Event()
-    server = await serve(held_until(release))
-    sender = BuiltinSender(1)
+async def test_headers_that_fail_when_a_waiting_request_is_written_fail_that_call_only(held: Held) -> None:
+    release, server, sender = held
 
     def broken() -> dict[str, str]:
         return {"X-Evil": "a\r\nX-Injected: 1"}
@@ -396,10 +407,8 @@ async def test_headers_that_fail_when_a_waiting_request_is_written_fail_that_cal
     assert [request.split(b" ")[1] for request in server.requests] == [b"/first", b"/third"]
 
 
-async def test_aclose_fails_waiting_requests_instead_of_leaving_them(serve: Any) -> None:
-    release = asyncio.Event()
-    server = await serve(held_until(release))
-    sender = BuiltinSender(1)
+async def test_aclose_fails_waiting_requests_instead_of_leaving_them(held: Held) -> None:
+    release, server, sender = held
     first = start(sender, server, "first")
     second = start(sender, server, "second")
     await asyncio.sleep(0.05)
