@@ -3,7 +3,7 @@
 - :class:`Sandbox`: the fake API (state, rules, idempotency, faults, counters).
   ``sandbox.client()`` gives an ``AsyncClient`` bound to it in-process;
   ``sandbox.transport()`` an httpx transport; ``sandbox.asgi_app()`` an ASGI app.
-- :class:`SandboxServer`: the sandbox served on 127.0.0.1 by uvicorn.
+- :class:`SandboxServer`: the sandbox served on 127.0.0.1 by its own HTTP/1.1 server.
 - :class:`Faults`: what to inject and how often, deterministic under a seed.
 - :class:`FakeClock`: a clock whose ``sleep`` returns at once and moves time
   forward, so retry and rate-limit waits take no real time in tests.

@@ -2,7 +2,7 @@
 
 - ``ndax_sandbox``: a fresh :class:`~ndax_async.testing.Sandbox`.
 - ``ndax_client``: an ``AsyncClient`` bound to it in-process (needs pytest-asyncio).
-- ``ndax_sandbox_server``: the same sandbox served on 127.0.0.1 (needs uvicorn);
+- ``ndax_sandbox_server``: the same sandbox served on 127.0.0.1 by its own server;
   its ``base_url`` points a client at it over real HTTP.
 """
 

@@ -268,7 +268,7 @@ class Sandbox:
         )
 
     def asgi_app(self) -> Any:
-        """This sandbox as an ASGI application (serve it with uvicorn)."""
+        """This sandbox as an ASGI application, to mount in an ASGI server or app of your own."""
         from ._asgi import SandboxApp
 
         return SandboxApp(self)

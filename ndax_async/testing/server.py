@@ -1,16 +1,20 @@
-"""Serve a sandbox over real HTTP on 127.0.0.1 (uvicorn), in a thread or in the foreground."""
+"""Serve a sandbox over real HTTP on 127.0.0.1, in a thread or in the foreground.
+
+The server is the sandbox's own (:mod:`._http_server`), on uvloop where it is
+installed (``pip install 'ndax-async[sandbox]'``) and on asyncio's loop otherwise.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
+import contextlib
+import signal
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ._asgi import ConnectionDropped
+from ._http_server import SandboxHTTPServer
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
@@ -20,41 +24,30 @@ __all__ = ["SandboxServer", "serve_forever"]
 HOST = "127.0.0.1"
 
 
-class _HideInjectedDrops(logging.Filter):
-    """Drop uvicorn's traceback for connections the sandbox cut on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], ConnectionDropped))
-
-
-def _server(sandbox: Sandbox, port: int, log_level: str) -> Any:
-    import uvicorn
-
-    logging.getLogger("uvicorn.error").addFilter(_HideInjectedDrops())
-    config = uvicorn.Config(
-        sandbox.asgi_app(),
-        host=HOST,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        lifespan="off",
-        proxy_headers=False,  # the peer address is the client (its rate limit); no proxy is trusted
-    )
-    return uvicorn.Server(config)
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop where uvloop is installed, else asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class SandboxServer:
     """A sandbox served on loopback from a background thread.
 
     ``with SandboxServer(sandbox) as server: server.base_url`` (port 0 picks a
-    free port). Stopping waits for the server to close its connections.
+    free port). Stopping closes the server's connections and waits for its thread.
     """
 
-    def __init__(self, sandbox: Sandbox, port: int = 0, log_level: str = "warning") -> None:
+    def __init__(self, sandbox: Sandbox, port: int = 0) -> None:
         self.sandbox = sandbox
-        self._server = _server(sandbox, port, log_level)
-        self._thread = threading.Thread(target=self._server.run, name="ndax-sandbox", daemon=True)
         self.port = port
+        self._thread = threading.Thread(target=self._run, name="ndax-sandbox", daemon=True)
+        self._listening = threading.Event()
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
 
     @property
     def base_url(self) -> str:
@@ -64,17 +57,40 @@ class SandboxServer:
     def start(self) -> str:
         """Start serving; return the base URL once the socket is listening."""
         self._thread.start()
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the sandbox server failed to start")
-            self._thread.join(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._listening.wait()
+        if self._failure is not None:
+            raise RuntimeError("the sandbox server failed to start") from self._failure
         return self.base_url
 
     def stop(self) -> None:
         """Stop serving and wait for the thread to end."""
-        self._server.should_exit = True
+        if self._thread.ident is None:
+            return  # never started
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+    def _run(self) -> None:
+        loop = new_event_loop()
+        try:
+            loop.run_until_complete(self._serve())
+        except Exception as failure:  # start() raises it
+            self._failure = failure
+        finally:
+            self._listening.set()
+            loop.close()
+
+    async def _serve(self) -> None:
+        server = SandboxHTTPServer(self.sandbox, HOST, self.port)
+        self.port = await server.start()
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._listening.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await server.close()
 
     def __enter__(self) -> SandboxServer:
         self.start()
@@ -86,41 +102,28 @@ class SandboxServer:
         self.stop()
 
 
-def serve_forever(sandbox: Sandbox, port: int = 0, on_ready: Any = print) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM; call ``on_ready(line)`` once listening.
-
-    Runs on the event loop uvicorn would pick itself (uvloop where installed),
-    as :class:`SandboxServer`'s thread does.
-    """
-    server = _server(sandbox, port, "warning")
+def serve_forever(sandbox: Sandbox, port: int = 0, on_ready: Callable[[str], object] = print) -> None:
+    """Serve in the foreground until SIGINT or SIGTERM; call ``on_ready(line)`` once listening."""
 
     async def main() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                await task
-                raise RuntimeError("the sandbox server failed to start")
-            await asyncio.sleep(0.01)
-        bound = server.servers[0].sockets[0].getsockname()[1]
+        server = SandboxHTTPServer(sandbox, HOST, port)
+        bound = await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
+                loop.add_signal_handler(signum, stop.set)
         credentials = " ".join(f"{k}={v}" for k, v in sandbox.credentials.items())
         on_ready(f"NDAX sandbox at http://{HOST}:{bound} {credentials}")
-        await task
+        try:
+            await stop.wait()
+        finally:
+            await server.close()
 
-    loop_factory = _loop_factory(server)
-    if loop_factory is None or sys.version_info < (3, 11):
-        asyncio.run(main())
-    else:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(main())
-
-
-def _loop_factory(server: Any) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop uvicorn itself would run on: uvloop where installed (``loop="auto"``).
-
-    uvicorn before 0.36 has no loop factories; the default asyncio loop is used then.
-    """
-    get_loop_factory = getattr(server.config, "get_loop_factory", None)
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = (
-        get_loop_factory() if get_loop_factory is not None else None
-    )
-    return factory
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.close()
