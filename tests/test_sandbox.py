@@ -329,9 +329,9 @@ def test_served_over_http_the_rate_limit_goes_by_the_peer_not_a_forwarded_header
     assert statuses == [200, 429]
 
 
-def test_the_foreground_sandbox_runs_on_the_loop_uvicorn_would_pick() -> None:
-    """``ndax-async sandbox`` serves on uvloop where it is installed, as uvicorn and
-    SandboxServer do (it used to run on the default asyncio loop)."""
+def test_the_foreground_sandbox_runs_on_uvloop_where_installed() -> None:
+    """``ndax-async sandbox`` serves on uvloop where it is installed, as
+    SandboxServer does (it once ran on the default asyncio loop)."""
     pytest.importorskip("uvloop")
     script = (
         "import asyncio\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from ndax_async import AsyncClient
-from ndax_async.testing import Sandbox
+from ndax_async.testing import Sandbox, SandboxServer
 from ndax_async.testing._http_server import SandboxHTTPServer
 from ndax_async.testing.sandbox import MAX_BODY_BYTES, Reply
 
@@ -54,6 +55,7 @@ async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False
     """One response: status line, headers, and a Content-Length body (unless ``head_only``)."""
     raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), GUARD)
     status_line, *lines = raw.decode("latin-1").split("\r\n")[:-2]
+    assert status_line.startswith("HTTP/1.1 "), raw
     headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines)}
     length = 0 if head_only else int(headers.get("content-length", "0"))
     body = await asyncio.wait_for(reader.readexactly(length), GUARD)
@@ -153,13 +155,15 @@ async def test_a_client_expecting_100_continue_gets_it_before_sending_the_body(s
     writer.close()
 
 
-async def test_a_chunked_body_reaches_the_sandbox_whole(scripted: Any) -> None:
+async def test_a_request_in_pieces_and_a_chunked_body_reach_the_sandbox_whole(scripted: Any) -> None:
     sandbox, port = scripted
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /c HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-    await asyncio.sleep(0.01)
-    writer.write(b"2\r\nde\r\n0\r\n\r\n")
-    assert (await read_response(reader)).status == 200
+    pieces = [b"POST /par", b"ts?q=1 HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"]
+    for piece in [*pieces, b"2\r\nde\r\n0\r\n\r\n"]:
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.02)  # each piece is read on its own
+    assert (await read_response(reader)).body == b"/parts?q=1"
     assert sandbox.seen[0][3] == b"abcde"
     writer.close()
 
@@ -259,3 +263,15 @@ async def test_the_asgi_app_answers_in_process() -> None:
         created = await client.customers.create(customer_wire())
     assert created.participant_code == "P0000001"
     assert sandbox.stats["creations"] == 1
+
+
+def test_a_sandbox_server_that_cannot_listen_says_so() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = SandboxServer(Sandbox(), port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="failed to start") as caught:
+            server.start()
+    assert isinstance(caught.value.__cause__, OSError)
+    server.stop()  # nothing left running; stopping again is harmless
+    SandboxServer(Sandbox()).stop()  # never started

@@ -235,8 +235,6 @@ class _Connection(asyncio.Protocol):
             return
         wire = _response(reply, with_body=request.method != "HEAD", keep_alive=request.keep_alive)
         self._transport.write(wire)
-        if not request.keep_alive:
-            self.close()
 
     def _stop_reading(self) -> None:
         """Read no more requests: the connection closes once the replies owed are written."""
