@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import re
 import uuid
 
 __all__ = [
@@ -55,6 +56,7 @@ def random_request_id() -> str:
     return _as_uuid4(os.urandom(16))
 
 
+_CANONICAL_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 # The variant nibble of a UUID: its top two bits forced to 10 (RFC 4122).
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
@@ -70,6 +72,8 @@ def normalize_request_id(value: object) -> str | None:
 
     Returns ``None`` when ``value`` is not a version-4 UUID (or its string).
     """
+    if isinstance(value, str) and _CANONICAL_UUID4.fullmatch(value):
+        return value  # already what str(uuid.UUID(value)) gives: skip building the UUID
     if isinstance(value, uuid.UUID):
         parsed = value
     elif isinstance(value, str):

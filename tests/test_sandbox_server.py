@@ -9,9 +9,12 @@ the body limit and the fixtures users get.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NamedTuple
 
@@ -275,3 +278,48 @@ def test_a_sandbox_server_that_cannot_listen_says_so() -> None:
     assert isinstance(caught.value.__cause__, OSError)
     server.stop()  # nothing left running; stopping again is harmless
     SandboxServer(Sandbox()).stop()  # never started
+
+
+def test_the_foreground_sandbox_keeps_what_it_stores_out_of_full_collections() -> None:
+    """``ndax-async sandbox`` owns its process: after a full collection the
+    survivors are frozen, so later ones skip them; new garbage cycles are
+    still collected."""
+    script = (
+        "import gc\n"
+        "from ndax_async.testing import Sandbox\n"
+        "from ndax_async.testing.server import serve_forever\n"
+        "def ready(line):\n"
+        "    stored = [[n] for n in range(50_000)]\n"
+        "    gc.collect()\n"
+        "    frozen = gc.get_freeze_count()\n"
+        "    cycle = []\n"
+        "    cycle.append(cycle)\n"
+        "    del cycle\n"
+        "    print(frozen > len(stored), gc.collect() >= 1, flush=True)\n"
+        "serve_forever(Sandbox(), 0, on_ready=ready)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().split() == ["True", "True"]
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+async def test_a_closed_connection_is_freed_without_the_garbage_collector(scripted: Any) -> None:
+    """serve_forever freezes what survives a full collection, so a connection
+    object must not sit in a reference cycle once closed."""
+    _, port = scripted
+    gc.disable()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/a", "Connection: close"))
+        await read_response(reader)
+        assert await closed_by_server(reader)
+        writer.close()
+        await asyncio.sleep(0.05)  # the server's side sees the close
+        alive = [o for o in gc.get_objects() if type(o).__name__ == "_Connection"]
+        assert alive == []
+    finally:
+        gc.enable()

@@ -7,6 +7,7 @@ the same faults.
 
 from __future__ import annotations
 
+import operator
 import random
 import threading
 
@@ -24,6 +25,7 @@ FAULT_KINDS = (
     "err429_bare",  # 429 without any header, before processing
     "slow_after",  # processed and committed, then a response slower than the client's timeout
 )
+_probabilities = operator.attrgetter(*FAULT_KINDS)
 
 
 @attrs.define(kw_only=True)
@@ -58,7 +60,7 @@ class Faults:
     @property
     def active(self) -> bool:
         """True when any fault or latency is configured."""
-        return self.latency > 0 or any(getattr(self, kind) > 0 for kind in FAULT_KINDS)
+        return self.latency > 0 or max(_probabilities(self)) > 0
 
     def draw(self) -> str | None:
         """The fault for the next request, or ``None``."""

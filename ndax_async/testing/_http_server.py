@@ -122,6 +122,10 @@ class _Connection(asyncio.Protocol):
             self._held = None
         self._requests.clear()
         self._connections.discard(self)
+        # The parser refers back to this protocol: break the cycle, so a closed
+        # connection is freed at once even where survivors are frozen (serve_forever).
+        del self._parser
+        self._transport = None
 
     def pause_writing(self) -> None:
         self._write_paused = True

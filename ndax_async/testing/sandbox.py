@@ -181,6 +181,10 @@ def _auth_error(status: int, message: str) -> Reply:
 
 
 _NOT_FOUND = _json_reply(404, {"error": "Not Found"})
+_FIELD_NAMES = {
+    "customer": frozenset(rule.name for rule in _rules.CUSTOMER_FIELDS),
+    "minor": frozenset(rule.name for rule in _rules.MINOR_FIELDS),
+}
 
 
 @attrs.define
@@ -497,7 +501,7 @@ class Sandbox:
         return _errors(400, *messages)
 
     def _create(self, data: dict[str, Any], rules: tuple[_rules.FieldRule, ...], kind: str) -> Reply:
-        names = {rule.name for rule in rules}
+        names = _FIELD_NAMES[kind]
         problems = [Problem(key, "is not a known field") for key in data if key not in names]
         problems += _rules.check(data, rules) + self._server_rules(data)
         if kind == "minor":
@@ -636,7 +640,7 @@ class Sandbox:
 
 def _route(method: str, target: str) -> tuple[str, dict[str, str]]:
     path, _, query = target.partition("?")
-    params = {k: v for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True)}
+    params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True)) if query else {}
     parts = path.split("/")
     if method == "POST" and path == "/participants/customers/new":
         return "create", params
