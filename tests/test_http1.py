@@ -543,3 +543,45 @@ async def test_https_with_an_untrusted_certificate_is_refused(serve: Any, certif
         await post(sender, f"https://localhost:{port}")
     await sender.aclose()
     assert server.requests == []
+
+
+def _big_body(request: bytes) -> bytes:
+    """A body larger than the read buffer, different for each request path."""
+    path = request.split(b" ", 2)[1]
+    return (path + b"|") * (3 * _http1.READ_BUFFER_BYTES // (len(path) + 1) + 7)
+
+
+async def _answer_big_in_pieces(request: bytes, writer: asyncio.StreamWriter) -> None:
+    body = _big_body(request)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+    for start in range(0, len(body), 10_000):
+        writer.write(body[start : start + 10_000])
+        await writer.drain()
+        await asyncio.sleep(0)  # let the other connections' pieces in between
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_responses_larger_than_the_shared_read_buffer_arrive_whole(
+    serve: Any, certificate_authority: Any, tls: bool
+) -> None:
+    """Four connections read into one buffer, their pieces interleaved."""
+    server_context, client_context, host = None, None, "127.0.0.1"
+    if tls:
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        certificate_authority.issue_cert("localhost").configure_cert(server_context)
+        client_context = ssl.create_default_context()
+        certificate_authority.configure_trust(client_context)
+        host = "localhost"
+    server = await serve(_answer_big_in_pieces, server_context)
+    port = server.url.rsplit(":", 1)[1]
+    sender = BuiltinSender(4, verify=client_context or True)
+    scheme = "https" if tls else "http"
+    paths = [f"/connection-{n}" for n in range(4)]
+    try:
+        calls = (sender.send("GET", f"{scheme}://{host}:{port}{path}", {}, None, None) for path in paths)
+        responses = await asyncio.wait_for(asyncio.gather(*calls), 10)  # a lost byte would hang
+    finally:
+        await sender.aclose()
+    assert server.connections == 4
+    for path, response in zip(paths, responses, strict=True):
+        assert response.content == _big_body(f"GET {path} HTTP/1.1".encode())
