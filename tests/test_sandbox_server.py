@@ -323,3 +323,21 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(script
         assert alive == []
     finally:
         gc.enable()
+
+
+async def test_bodies_larger_than_the_shared_read_buffer_arrive_whole(scripted: Any) -> None:
+    """Two connections, their pieces interleaved, read into one buffer."""
+    sandbox, port = scripted
+    bodies = {path: path.encode() * 40_000 for path in ("/first", "/second")}
+    streams = {path: await asyncio.open_connection("127.0.0.1", port) for path in bodies}
+    for path, (_, writer) in streams.items():
+        writer.write(f"POST {path} HTTP/1.1\r\nContent-Length: {len(bodies[path])}\r\n\r\n".encode())
+    for start in range(0, 40_000 * 7, 7_000):
+        for path, (_, writer) in streams.items():
+            writer.write(bodies[path][start : start + 7_000])
+            await writer.drain()
+        await asyncio.sleep(0)
+    for path, (reader, writer) in streams.items():
+        assert (await read_response(reader)).body == path.encode()
+        writer.close()
+    assert {target: body for _, target, _, body, _ in sandbox.seen} == bodies

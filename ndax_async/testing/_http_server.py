@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import httptools
 
+from .._http1 import READ_BUFFER_BYTES
 from .sandbox import MAX_BODY_BYTES, Reply, Sandbox
 
 __all__ = ["IDLE_TIMEOUT", "SandboxHTTPServer"]
@@ -68,12 +69,18 @@ def _response(reply: Reply, *, with_body: bool, keep_alive: bool) -> bytes:
     return head + reply.body if with_body else head
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parses its requests and writes the sandbox's replies in order."""
+class _Connection(asyncio.BufferedProtocol):
+    """One client connection: parses its requests and writes the sandbox's replies in order.
 
-    def __init__(self, sandbox: Sandbox, connections: set[_Connection]) -> None:
+    Bytes arrive in ``read_buffer``, which all connections share: each read is
+    parsed before the next can start (the client's sender does the same, see
+    :data:`ndax_async._http1.READ_BUFFER_BYTES`).
+    """
+
+    def __init__(self, sandbox: Sandbox, connections: set[_Connection], read_buffer: memoryview) -> None:
         self._sandbox = sandbox
         self._connections = connections
+        self._read_buffer = read_buffer
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer = "local"
@@ -100,12 +107,15 @@ class _Connection(asyncio.Protocol):
             self._peer = str(peer[0])
         self._connections.add(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self._closed or self._last_read:
             return
         self.quiet_sweeps = 0
         try:
-            self._parser.feed_data(data)
+            self._parser.feed_data(self._read_buffer[:nbytes])
         except httptools.HttpParserUpgrade:
             # The request was answered as a plain one; the upgraded protocol is not spoken.
             self._stop_reading()
@@ -279,8 +289,9 @@ class SandboxHTTPServer:
     async def start(self) -> int:
         """Listen; return the port."""
         loop = asyncio.get_running_loop()
+        read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
         self._server = await loop.create_server(
-            lambda: _Connection(self.sandbox, self._connections), self.host, self.port
+            lambda: _Connection(self.sandbox, self._connections, read_buffer), self.host, self.port
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = loop.call_later(self._sweep_every, self._sweep)
