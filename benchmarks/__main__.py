@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 FULL = {
     "overhead": {"calls": 3000, "repeats": 5},
     "throughput": {"concurrencies": (1, 16, 64, 256), "seconds": 2.0, "repeats": 5},
-    "scaling": {"slices": 16, "seconds": 0.4},
+    "scaling": {"slices": 16, "seconds": 0.3},
     "bulk": {"count": 5000, "repeats": 9},  # more than elsewhere: a run is short, and this VM noisy
     "memory": {"small": 10_000, "large": 100_000},
 }

@@ -186,12 +186,13 @@ def _scaling_section(scaling: dict[str, Any]) -> list[str]:
     low, high = scaling["low"], scaling["high"]
     lines = [
         f"## 2b. {high} in flight against {low}, back to back ({scaling['slices']} pairs of"
-        f" {scaling['seconds']:g} s slices, each pair on a fresh sandbox and client, alternating which goes"
-        " first)",
+        f" {scaling['seconds']:g} s slices in the order A B B A, each pair on a fresh sandbox and client,"
+        " alternating which is A)",
         "",
         *_scaling_table(scaling, "sandbox"),
         "",
-        "Each ratio is the median of the ratios within each pair. Where the CPU per create rises with"
+        "Each ratio is the median of the ratios within each pair (each side's two slices averaged)."
+        " Where the CPU per create rises with"
         " concurrency, the rate falls by as much: the two processes share two cores.",
         "",
     ]

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import attrs
@@ -223,13 +224,21 @@ async def _measure(
 async def _pair(
     name: str, server: ServedServer, low: int, high: int, seconds: float, high_first: bool
 ) -> dict[str, dict[str, float]]:
-    """One timed slice at ``low`` and one at ``high`` in flight, back to back, on one client."""
+    """Timed slices at ``low`` and ``high`` in flight, back to back on one client, in the order A B B A.
+
+    Each concurrency has one slice on either side of the other's two, so a drift
+    within the pair weighs on both alike. ``high_first`` makes ``high`` the A.
+    Each side's figures are the means of its two slices.
+    """
     async with _sender(name, server.base_url, high, "scaling") as send:
         load = _Load(send, server)
         await load.run(high, 0.2)  # warm-up: opens the whole pool
         await load.run(low, 0.1)
-        order = (("high", high), ("low", low)) if high_first else (("low", low), ("high", high))
-        return {side: await load.run(concurrency, seconds) for side, concurrency in order}
+        outer, inner = (("high", high), ("low", low)) if high_first else (("low", low), ("high", high))
+        slices: dict[str, list[dict[str, float]]] = {"low": [], "high": []}
+        for side, concurrency in (outer, inner, inner, outer):
+            slices[side].append(await load.run(concurrency, seconds))
+        return {side: {key: fmean(s[key] for s in runs) for key in runs[0]} for side, runs in slices.items()}
 
 
 def scaling(
@@ -237,7 +246,7 @@ def scaling(
     low: int = 16,
     high: int = 256,
     slices: int = 16,
-    seconds: float = 0.4,
+    seconds: float = 0.3,
     server: str = "sandbox",
 ) -> dict[str, Any]:
     """Each client's rate at ``high`` in flight over its rate at ``low``, measured back to back.
@@ -245,13 +254,17 @@ def scaling(
     The cells of :func:`run` put a client's two concurrencies tens of seconds
     apart, and this VM's speed drifts by 10 to 20% over seconds, so their ratio
     flips with the noise. Here a client makes ``slices`` pairs of short slices
-    at the two concurrencies (alternating which goes first); the ratio is the
-    median of the ratios within each pair. The client and server CPU per
-    create are compared the same way, which shows where a difference comes from.
+    at the two concurrencies, each pair in the order A B B A (alternating which
+    is A); the ratio is the median of the ratios within each pair. The client
+    and server CPU per create are compared the same way, which shows where a
+    difference comes from.
 
     Each pair gets a fresh server and client. The sandbox keeps every customer
     it creates: one sandbox for all the pairs grew to about 300,000 objects, and
-    its full garbage collections (50 to 250 ms) landed inside the 0.4 s slices.
+    its full garbage collections (50 to 250 ms) landed inside the slices. With
+    one slice per side, the second slice of a pair ran about 5% slower than the
+    first whichever it was, which split the ratios into two groups by order;
+    A B B A puts that drift on both sides.
 
     ``server`` is ``"sandbox"``, or ``"reference"``: the Node.js server of
     ``reference_server.js``, which checks nothing and costs far less per
