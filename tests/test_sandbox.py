@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -327,27 +325,6 @@ def test_served_over_http_the_rate_limit_goes_by_the_peer_not_a_forwarded_header
             assert response.headers["content-length"] == str(len(response.content))
             assert "transfer-encoding" not in response.headers
     assert statuses == [200, 429]
-
-
-def test_the_foreground_sandbox_runs_on_uvloop_where_installed() -> None:
-    """``ndax-async sandbox`` serves on uvloop where it is installed, as
-    SandboxServer does (it once ran on the default asyncio loop)."""
-    pytest.importorskip("uvloop")
-    script = (
-        "import asyncio\n"
-        "from ndax_async.testing import Sandbox\n"
-        "from ndax_async.testing.server import serve_forever\n"
-        "def ready(line):\n"
-        "    print(type(asyncio.get_running_loop()).__module__, flush=True)\n"
-        "serve_forever(Sandbox(), 0, on_ready=ready)\n"
-    )
-    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as process:
-        try:
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "uvloop"
-        finally:
-            process.terminate()
-            process.wait(10)
 
 
 # -- faults, through the SDK -------------------------------------------------------------------

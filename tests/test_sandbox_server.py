@@ -280,31 +280,48 @@ def test_a_sandbox_server_that_cannot_listen_says_so() -> None:
     SandboxServer(Sandbox()).stop()  # never started
 
 
-def test_the_foreground_sandbox_keeps_what_it_stores_out_of_full_collections() -> None:
-    """``ndax-async sandbox`` owns its process: after a full collection the
-    survivors are frozen, so later ones skip them; new garbage cycles are
-    still collected."""
+def foreground_sandbox_says(on_ready_body: str) -> str:
+    """Run ``serve_forever`` in a child process; return the line its ``on_ready`` prints."""
     script = (
-        "import gc\n"
+        "import asyncio, gc\n"
         "from ndax_async.testing import Sandbox\n"
         "from ndax_async.testing.server import serve_forever\n"
         "def ready(line):\n"
-        "    stored = [[n] for n in range(50_000)]\n"
-        "    gc.collect()\n"
-        "    frozen = gc.get_freeze_count()\n"
-        "    cycle = []\n"
-        "    cycle.append(cycle)\n"
-        "    del cycle\n"
-        "    print(frozen > len(stored), gc.collect() >= 1, flush=True)\n"
-        "serve_forever(Sandbox(), 0, on_ready=ready)\n"
+        + "".join(f"    {line}\n" for line in on_ready_body.splitlines())
+        + "serve_forever(Sandbox(), 0, on_ready=ready)\n"
     )
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None
-            assert process.stdout.readline().split() == ["True", "True"]
+            return process.stdout.readline().strip()
         finally:
             process.terminate()
             process.wait(10)
+
+
+def test_the_foreground_sandbox_runs_on_uvloop_where_installed() -> None:
+    """``ndax-async sandbox`` serves on uvloop where it is installed, as
+    SandboxServer does (it once ran on the default asyncio loop)."""
+    pytest.importorskip("uvloop")
+    assert (
+        foreground_sandbox_says("print(type(asyncio.get_running_loop()).__module__, flush=True)") == "uvloop"
+    )
+
+
+def test_the_foreground_sandbox_keeps_what_it_stores_out_of_full_collections() -> None:
+    """``ndax-async sandbox`` owns its process: after a full collection the
+    survivors are frozen, so later ones skip them; new garbage cycles are
+    still collected."""
+    said = foreground_sandbox_says(
+        "stored = [[n] for n in range(50_000)]\n"
+        "gc.collect()\n"
+        "frozen = gc.get_freeze_count()\n"
+        "cycle = []\n"
+        "cycle.append(cycle)\n"
+        "del cycle\n"
+        "print(frozen > len(stored), gc.collect() >= 1, flush=True)"
+    )
+    assert said.split() == ["True", "True"]
 
 
 async def test_a_closed_connection_is_freed_without_the_garbage_collector(scripted: Any) -> None:
