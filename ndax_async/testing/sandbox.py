@@ -181,10 +181,8 @@ def _auth_error(status: int, message: str) -> Reply:
 
 
 _NOT_FOUND = _json_reply(404, {"error": "Not Found"})
-_FIELD_NAMES = {
-    "customer": frozenset(rule.name for rule in _rules.CUSTOMER_FIELDS),
-    "minor": frozenset(rule.name for rule in _rules.MINOR_FIELDS),
-}
+_FIELDS = {"customer": _rules.CUSTOMER_FIELDS, "minor": _rules.MINOR_FIELDS}
+_FIELD_NAMES = {kind: frozenset(rule.name for rule in rules) for kind, rules in _FIELDS.items()}
 
 
 @attrs.define
@@ -486,9 +484,9 @@ class Sandbox:
                 self._count("duplicate_payloads")
                 return _errors(400, DUPLICATE_PAYLOAD_TEXT)
         if endpoint == "create":
-            reply = self._create(data, _rules.CUSTOMER_FIELDS, "customer")
+            reply = self._create(data, "customer")
         elif endpoint == "create_minor":
-            reply = self._create(data, _rules.MINOR_FIELDS, "minor")
+            reply = self._create(data, "minor")
         else:
             reply = self._update(params["code"], data)
         if request_id is not None and reply.status == 200:
@@ -500,10 +498,10 @@ class Sandbox:
         self._count("validation_failures")
         return _errors(400, *messages)
 
-    def _create(self, data: dict[str, Any], rules: tuple[_rules.FieldRule, ...], kind: str) -> Reply:
+    def _create(self, data: dict[str, Any], kind: str) -> Reply:
         names = _FIELD_NAMES[kind]
         problems = [Problem(key, "is not a known field") for key in data if key not in names]
-        problems += _rules.check(data, rules) + self._server_rules(data)
+        problems += _rules.check(data, _FIELDS[kind]) + self._server_rules(data)
         if kind == "minor":
             problems += self._minor_rules(data)
         if problems:
