@@ -8,10 +8,10 @@ takes effect exactly once however often the network or the worker fails.
 from __future__ import annotations
 
 from ._clock import Clock, SystemClock
-from ._idempotency import RequestIdMode, key_to_request_id
-from ._limits import RateLimiter, RetryQuota
-from ._retry import RetryEvent, RetryPolicy
+from ._sending.limits import RateLimiter, RetryQuota
+from ._sending.retry import RetryEvent, RetryPolicy
 from ._version import __version__
+from ._wire.request_ids import RequestIdMode, key_to_request_id
 from .client import PRODUCTION_URL, AsyncClient, ParticipantPage
 from .errors import (
     APIError,

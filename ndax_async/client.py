@@ -18,17 +18,18 @@ from typing import Any, Literal, TypeVar
 import attrs
 import httpx
 
-from . import _json, _rules
-from ._auth import Credentials
 from ._clock import Clock, SystemClock
-from ._convert import read_record, structure_payload, to_wire
-from ._http import AiohttpSender, HttpxClientSender, HttpxTransportSender, RawResponse, Sender
-from ._http1 import BuiltinSender
-from ._idempotency import RequestIdMode, derive_request_id, normalize_request_id, random_request_id
-from ._limits import RateLimiter, RetryQuota
-from ._retry import RateLimitPause, RetryEvent, RetryPolicy
-from ._transport import CallScope, Transport
+from ._sending.http1 import BuiltinSender
+from ._sending.limits import RateLimiter, RetryQuota
+from ._sending.retry import RateLimitPause, RetryEvent, RetryPolicy
+from ._sending.senders import AiohttpSender, HttpxClientSender, HttpxTransportSender, RawResponse, Sender
+from ._sending.transport import CallScope, Transport
 from ._version import __version__
+from ._wire import canonical_json as _json
+from ._wire import rules as _rules
+from ._wire.convert import read_record, structure_payload, to_wire
+from ._wire.request_ids import RequestIdMode, derive_request_id, normalize_request_id, random_request_id
+from ._wire.signing import Credentials
 from .errors import (
     ClientClosedError,
     ConfigurationError,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from . import _rules
+from ._wire import rules as _rules
 from .errors import Problem, ValidationError
 
 __all__ = [

@@ -21,11 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
-from ndax_async import AsyncClient, JournalError, RetryEvent, RetryPolicy, RetryQuota, _journal, bulk
-from ndax_async._journal import Journal, WriterKind
-from ndax_async._limits import RateLimiter
-from ndax_async._rows import read_operations
+from ndax_async import AsyncClient, JournalError, RetryEvent, RetryPolicy, RetryQuota
+from ndax_async._sending.limits import RateLimiter
 from ndax_async.bulk import Bulk, Operation, RowError
+from ndax_async.bulk import engine as bulk
+from ndax_async.bulk import journal as _journal
+from ndax_async.bulk.journal import Journal, WriterKind
+from ndax_async.bulk.rows import read_operations
 from ndax_async.testing import FakeClock, Faults, Sandbox, SandboxServer
 
 from .helpers import customer_wire, minor_wire
@@ -199,7 +201,7 @@ async def test_an_outcome_nobody_waited_for_is_seen_by_a_later_read(journal: Jou
 async def _journal_failing_at(path: Path, commit: int, how: str, patch: pytest.MonkeyPatch) -> Journal:
     """A journal whose ``commit``-th transaction fails: on a full disk (its thread writer's
     SQLite raises), or because its writer process is killed."""
-    from ndax_async import _journal_writer
+    from ndax_async.bulk import journal_writer as _journal_writer
 
     journal = await Journal(path, writer="thread" if how == "disk full" else "process").open()
     commits = 0
@@ -350,11 +352,11 @@ async def test_the_writer_process_folder_shadows_no_standard_module(
 ) -> None:
     """The child imports the writer from its folder, put last on the path: a module there
     named like a standard one (``ndax_async`` has ``_json.py``) must not replace it."""
-    from ndax_async import _journal_writer
+    from ndax_async.bulk import journal_writer as _journal_writer
 
     folder = tmp_path / "package"
     folder.mkdir()
-    copy = shutil.copy(_journal_writer.__file__, folder / "_journal_writer.py")
+    copy = shutil.copy(_journal_writer.__file__, folder / "journal_writer.py")
     (folder / "struct.py").write_text("raise ImportError('the standard struct was shadowed')\n")
     monkeypatch.setattr(_journal_writer, "__file__", str(copy))
     journal = await Journal(tmp_path / "j.sqlite", writer="process").open()
@@ -369,13 +371,13 @@ async def test_the_writer_process_folder_shadows_no_standard_module(
 async def test_a_writer_process_that_answers_garbage_stops_the_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ndax_async import _journal_writer
+    from ndax_async.bulk import journal_writer as _journal_writer
 
     impostor = tmp_path / "writer.py"
     impostor.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(Path(_journal_writer.__file__).parent)!r})\n"
-        "from _journal_writer import frame\n"
+        "from journal_writer import frame\n"
         "def main():\n"
         "    sys.stdout.buffer.write(frame((True, None)) + b'\\x00\\x00\\x00\\x03???')\n"
         "    sys.stdout.buffer.flush()\n"
@@ -411,7 +413,7 @@ def test_the_writer_process_exits_when_its_parent_is_killed(tmp_path: Path) -> N
     """No orphan: the child sees its input close when the parent dies, and exits."""
     script = (
         "import asyncio, sys\n"
-        "from ndax_async._journal import Journal\n"
+        "from ndax_async.bulk.journal import Journal\n"
         "async def main():\n"
         "    journal = await Journal(sys.argv[1], writer='process').open()\n"
         "    print(journal._writer._process.pid, flush=True)\n"
@@ -1018,7 +1020,7 @@ def test_backfill_cli_dry_run_and_report(tmp_path: Path, capsys: pytest.CaptureF
 
 async def test_resent_operation_reuses_the_journaled_request_id(tmp_path: Path) -> None:
     """Even in random-id mode, an operation in flight when a run died is resent with its recorded id."""
-    from ndax_async._journal import Journal
+    from ndax_async.bulk.journal import Journal
 
     sandbox = Sandbox()
     row = creates(1)[0]

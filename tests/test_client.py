@@ -25,9 +25,9 @@ from ndax_async import (
     Participant,
     ValidationError,
 )
-from ndax_async._auth import Credentials
-from ndax_async._convert import to_wire
-from ndax_async._json import dumps
+from ndax_async._wire.canonical_json import dumps
+from ndax_async._wire.convert import to_wire
+from ndax_async._wire.signing import Credentials
 from ndax_async.errors import RequestTimeout, ServerError
 from ndax_async.testing import FakeClock
 

@@ -22,8 +22,9 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ndax_async import AsyncClient, Customer, CustomerUpdate, NewCustomer, NewMinor, RetryPolicy, _json
-from ndax_async._convert import structure_payload, to_wire
+from ndax_async import AsyncClient, Customer, CustomerUpdate, NewCustomer, NewMinor, RetryPolicy
+from ndax_async._wire import canonical_json as _json
+from ndax_async._wire.convert import structure_payload, to_wire
 from ndax_async.errors import APIError, MalformedResponseError, ValidationError
 from ndax_async.testing import FakeClock
 

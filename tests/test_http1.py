@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 
-from ndax_async import AsyncClient, _http1
-from ndax_async._http1 import BuiltinSender
+from ndax_async import AsyncClient
+from ndax_async._sending import http1 as _http1
+from ndax_async._sending.http1 import BuiltinSender
 from ndax_async.errors import ClientClosedError
 from ndax_async.testing import FakeClock
 

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ndax_async._idempotency import _as_uuid4, derive_request_id, key_to_request_id, normalize_request_id
+from ndax_async._wire.request_ids import _as_uuid4, derive_request_id, key_to_request_id, normalize_request_id
 
 
 def test_derived_ids_never_change_between_versions() -> None:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ndax_async import _json
-from ndax_async._json import dumps, format_number
+from ndax_async._wire import canonical_json as _json
+from ndax_async._wire.canonical_json import dumps, format_number
 
 
 @pytest.mark.parametrize(

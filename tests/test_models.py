@@ -24,8 +24,8 @@ from ndax_async import (
     Participant,
     ValidationError,
 )
-from ndax_async._convert import converter, structure_payload, to_wire
-from ndax_async._json import dumps
+from ndax_async._wire.canonical_json import dumps
+from ndax_async._wire.convert import converter, structure_payload, to_wire
 
 from .helpers import customer_wire, minor_wire
 

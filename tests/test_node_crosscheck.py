@@ -23,9 +23,9 @@ import pytest
 import respx
 
 from ndax_async import AsyncClient, NewCustomer
-from ndax_async._auth import Credentials
-from ndax_async._convert import to_wire
-from ndax_async._json import dumps
+from ndax_async._wire.canonical_json import dumps
+from ndax_async._wire.convert import to_wire
+from ndax_async._wire.signing import Credentials
 from ndax_async.testing import FakeClock
 
 from .helpers import API_KEY, API_SECRET, BASE_URL, PASSPHRASE, customer_wire

@@ -22,8 +22,8 @@ from ndax_async import (
     RetryPolicy,
     ServerError,
 )
-from ndax_async._auth import Credentials
-from ndax_async._json import dumps
+from ndax_async._wire.canonical_json import dumps
+from ndax_async._wire.signing import Credentials
 from ndax_async.testing import Faults, Sandbox
 
 from .helpers import customer_wire, minor_wire

@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from ndax_async import AsyncClient, NDAXError
-from ndax_async._auth import Credentials
+from ndax_async._wire.signing import Credentials
 from ndax_async.testing import FakeClock
 
 from .helpers import API_KEY, API_SECRET, PASSPHRASE, customer_wire

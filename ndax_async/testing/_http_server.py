@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import httptools
 
-from .._http1 import READ_BUFFER_BYTES
+from .._sending.http1 import READ_BUFFER_BYTES
 from .sandbox import MAX_BODY_BYTES, Reply, Sandbox
 
 __all__ = ["IDLE_TIMEOUT", "SandboxHTTPServer"]
@@ -74,7 +74,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     Bytes arrive in ``read_buffer``, which all connections share: each read is
     parsed before the next can start (the client's sender does the same, see
-    :data:`ndax_async._http1.READ_BUFFER_BYTES`).
+    :data:`ndax_async._sending.http1.READ_BUFFER_BYTES`).
     """
 
     def __init__(self, sandbox: Sandbox, connections: set[_Connection], read_buffer: memoryview) -> None:

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .. import _json, _rules
-from .._idempotency import normalize_request_id
+from .._wire import canonical_json as _json
+from .._wire import rules as _rules
+from .._wire.request_ids import normalize_request_id
 from ..errors import DUPLICATE_PAYLOAD_TEXT, IDEMPOTENCY_CONFLICT_TEXT, PARTICIPANT_EXISTS_TEXT, Problem
 from ._faults import Faults
 

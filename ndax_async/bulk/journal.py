@@ -7,7 +7,7 @@ and started again finds: succeeded rows to skip, and in-flight or failed rows
 to resend with the *same* request_id, so the server replays instead of
 applying twice.
 
-The SQLite work (:mod:`ndax_async._journal_writer`) runs in a small child
+The SQLite work (:mod:`ndax_async.bulk.journal_writer`) runs in a small child
 process that only this journal talks to, over pipes the event loop reads
 without blocking. A process, not a thread: a thread shares the GIL with the
 loop and can only write while the loop waits, whereas the child commits
@@ -48,8 +48,8 @@ from typing import Any, Literal
 
 import attrs
 
-from . import _journal_writer as writer
-from .errors import JournalError
+from ..errors import JournalError
+from . import journal_writer as writer
 
 __all__ = ["Journal", "JournalEntry"]
 
@@ -81,7 +81,7 @@ def _entry(row: tuple[Any, ...]) -> JournalEntry:
 
 
 class _ProcessWriter:
-    """Runs :mod:`~ndax_async._journal_writer` in a child process; answers come back in order."""
+    """Runs :mod:`~ndax_async.bulk.journal_writer` in a child process; answers come back in order."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -157,7 +157,7 @@ _EXIT_WAIT = 30.0  # seconds a closing writer may take to commit what it has (SQ
 
 
 class _ThreadWriter:
-    """Runs the same :func:`~ndax_async._journal_writer.handle` on one thread (a fallback)."""
+    """Runs the same :func:`~ndax_async.bulk.journal_writer.handle` on one thread (a fallback)."""
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import hmac
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["EMPTY_BODY", "Credentials"]
 

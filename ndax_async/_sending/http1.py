@@ -39,8 +39,8 @@ from urllib.parse import quote, urlsplit
 import httptools
 import httpx
 
-from ._http import RawResponse
-from .errors import ClientClosedError
+from ..errors import ClientClosedError
+from .senders import RawResponse
 
 __all__ = ["BuiltinSender"]
 

@@ -20,9 +20,8 @@ from typing import Any, TypeVar
 import attrs
 import cattrs
 
-from . import _rules
-from .errors import Problem, ValidationError
-from .models import (
+from ..errors import Problem, ValidationError
+from ..models import (
     Address,
     Customer,
     CustomerUpdate,
@@ -33,6 +32,7 @@ from .models import (
     NewMinor,
     Participant,
 )
+from . import rules as _rules
 
 __all__ = ["converter", "read_record", "structure_payload", "to_wire"]
 

@@ -41,12 +41,12 @@ from typing import Any, Literal
 
 import attrs
 
-from ._journal import Journal, JournalEntry
-from ._limits import RateLimiter, RetryQuota
-from ._retry import RetryEvent
-from ._transport import CallScope
-from .client import AsyncClient, PreparedWrite
-from .errors import APIError, JournalError, TransportError, ValidationError
+from .._sending.limits import RateLimiter, RetryQuota
+from .._sending.retry import RetryEvent
+from .._sending.transport import CallScope
+from ..client import AsyncClient, PreparedWrite
+from ..errors import APIError, JournalError, TransportError, ValidationError
+from .journal import Journal, JournalEntry
 
 __all__ = ["Bulk", "BulkSummary", "Journal", "JournalEntry", "Operation", "OperationResult", "RowError"]
 

@@ -4,7 +4,7 @@ It imports only the standard library, so it also runs in a small child
 process (:func:`main`, see :func:`launch_command`): requests arrive framed on
 stdin and answers leave framed on stdout, each a ``marshal``-ed tuple of plain
 values after a 4-byte big-endian length, on pipes only the parent holds. The
-parent is :class:`ndax_async._journal.Journal`; where a child process cannot
+parent is :class:`ndax_async.bulk.journal.Journal`; where a child process cannot
 be started it runs the same :func:`handle` on a thread instead.
 
 Every answer is ``(True, result)`` or ``(False, (error class name, message))``.

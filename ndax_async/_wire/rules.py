@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from .errors import Problem
+from ..errors import Problem
 
 __all__ = [
     "ADDRESS_FIELDS",

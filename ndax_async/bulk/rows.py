@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from .bulk import OP_KINDS, Operation, RowError
+from .engine import OP_KINDS, Operation, RowError
 
 __all__ = ["count_rows", "read_operations"]
 

@@ -3,7 +3,7 @@
 The transport (:mod:`._transport`) needs only "send these bytes, give me the
 status, headers and body". :class:`Sender` is that, and the SDK picks one:
 
-- :class:`~ndax_async._http1.BuiltinSender` (the default): the SDK's own small
+- :class:`~ndax_async._sending.http1.BuiltinSender` (the default): the SDK's own small
   HTTP/1.1 client, the least client CPU per request of all (see ``benchmarks/``).
 - :class:`AiohttpSender` (``http_backend="aiohttp"``, the ``aiohttp`` extra):
   an ``aiohttp`` session used directly. httpx's client and connection pool
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from .errors import ClientClosedError
+from ..errors import ClientClosedError
 
 __all__ = [
     "AiohttpSender",

@@ -12,10 +12,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from ._backfill import _Progress
-from ._retry import RetryPolicy
-from .bulk import Bulk, BulkSummary, Operation
-from .testing import Faults, Sandbox
+from .._sending.retry import RetryPolicy
+from ..bulk.engine import Bulk, BulkSummary, Operation
+from ..testing import Faults, Sandbox
+from .backfill import _Progress
 
 __all__ = ["run_demo"]
 

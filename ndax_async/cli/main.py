@@ -21,8 +21,8 @@ def parse_faults(text: str) -> dict[str, float | int]:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from .testing import Sandbox
-    from .testing.server import serve_forever
+    from ..testing import Sandbox
+    from ..testing.server import serve_forever
 
     rate_limit = None
     if args.rate_limit:
@@ -34,14 +34,14 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from .demo import run_demo
 
     return run_demo(customers=args.customers, concurrency=args.concurrency)
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from ._backfill import backfill, dry_run, report
-    from .client import AsyncClient
+    from ..client import AsyncClient
+    from .backfill import backfill, dry_run, report
 
     path = Path(args.file)
     journal = Path(args.journal) if args.journal else path.with_name(path.name + ".journal.sqlite")

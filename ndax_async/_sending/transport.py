@@ -21,12 +21,12 @@ import attrs
 import httpx
 from tenacity import AsyncRetrying, RetryCallState
 
-from ._auth import EMPTY_BODY, Credentials
-from ._clock import Clock
-from ._http import RawResponse, Sender, SignedSend
-from ._limits import RateLimiter, RetryQuota
-from ._retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
-from .errors import ClientClosedError, ConnectError, RequestTimeout, TransportError
+from .._clock import Clock
+from .._wire.signing import EMPTY_BODY, Credentials
+from ..errors import ClientClosedError, ConnectError, RequestTimeout, TransportError
+from .limits import RateLimiter, RetryQuota
+from .retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
+from .senders import RawResponse, Sender, SignedSend
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as attempt_timeout
@@ -62,7 +62,7 @@ class CallScope:
 
 
 class Transport:
-    """Signs, sends and retries requests through one :class:`~ndax_async._http.Sender`."""
+    """Signs, sends and retries requests through one :class:`~ndax_async._sending.senders.Sender`."""
 
     def __init__(
         self,

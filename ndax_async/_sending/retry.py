@@ -16,8 +16,8 @@ from collections.abc import Callable
 import attrs
 import httpx
 
-from ._clock import Clock
-from ._http import RawResponse
+from .._clock import Clock
+from .senders import RawResponse
 
 __all__ = [
     "Outcome",

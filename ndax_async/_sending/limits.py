@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 
-from ._clock import Clock, SystemClock
+from .._clock import Clock, SystemClock
 
 __all__ = ["RateLimiter", "RetryQuota"]
 

@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._rows import count_rows, read_operations
-from .bulk import Bulk, BulkSummary, Operation, OperationResult, RowError
-from .client import AsyncClient
-from .errors import JournalError, ValidationError
+from ..bulk.engine import Bulk, BulkSummary, Operation, OperationResult, RowError
+from ..bulk.rows import count_rows, read_operations
+from ..client import AsyncClient
+from ..errors import JournalError, ValidationError
 
 __all__ = ["backfill", "dry_run", "report"]
 
@@ -141,8 +141,8 @@ async def _failed_results(results: Path, limit: int = 20) -> Any:
 
 async def dry_run(path: Path, out: TextIO | None = None) -> int:
     """Validate every row, send nothing; exit status 0 when all are valid."""
-    from ._convert import structure_payload
-    from .client import _WRITES
+    from .._wire.convert import structure_payload
+    from ..client import _WRITES
 
     checked = failed = 0
     async for item in read_operations(path):
@@ -171,7 +171,7 @@ def _validate(item: Operation, structure: Any, writes: Any) -> str | None:
 
 async def report(journal: Path, out: TextIO | None = None) -> int:
     """Print the state of a run from its journal alone."""
-    from ._journal import Journal
+    from ..bulk.journal import Journal
 
     opened = await Journal(journal).open()
     try:

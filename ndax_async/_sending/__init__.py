@@ -1,0 +1,1 @@
+"""One signed, retried request: the transport, its retry policy, limits and HTTP senders."""
