@@ -1026,7 +1026,7 @@ async def test_resent_operation_reuses_the_journaled_request_id(tmp_path: Path) 
     row = creates(1)[0]
     recorded = "0f3c2a1e-0000-4000-8000-00000000abcd"
     async with sandbox.client(request_ids="random") as client:
-        prepared = client._prepare_write("create", row["data"])
+        prepared = client.prepare_write("create", row["data"])
         journal = await Journal(tmp_path / "j.sqlite").open()
         await journal.sending(row["key"], "create", 1, recorded, prepared.payload_hash)
         await journal.close()

@@ -44,7 +44,8 @@ import attrs
 from .._sending.limits import RateLimiter, RetryQuota
 from .._sending.retry import RetryEvent
 from .._sending.transport import CallScope
-from ..client import AsyncClient, PreparedWrite
+from .._wire.writes import PreparedWrite
+from ..client import AsyncClient
 from ..errors import APIError, JournalError, TransportError, ValidationError
 from .journal import Journal, JournalEntry
 
@@ -397,7 +398,7 @@ class Bulk:
                 return await self._fail_unsent(op.key, op.op, op.line, "custodian", reason)
             data = {**_as_mapping(data), "custodian_participant_code": custodian}
         try:
-            prepared = self.client._prepare_write(op.op, data, participant_code=op.participant_code)
+            prepared = self.client.prepare_write(op.op, data, participant_code=op.participant_code)
         except ValidationError as error:
             problems = "; ".join(str(p) for p in error.problems)
             return await self._fail_unsent(op.key, op.op, op.line, "validation", problems)
@@ -463,7 +464,7 @@ class Bulk:
             resent=resent,
         )
         try:
-            record = await self.client._execute(prepared, scope=self._scope)
+            record = await self.client.send_write(prepared, scope=self._scope)
         except (APIError, TransportError) as error:
             result = attrs.evolve(
                 sent, reason=_failure_reason(error), error=str(error), attempts=error.attempts
@@ -665,7 +666,7 @@ class _ReadAhead:
         if item.op == "create_minor" and item.custodian_key:
             return item  # its payload waits for the custodian's code
         try:
-            prepared = client._prepare_write(item.op, item.data, participant_code=item.participant_code)
+            prepared = client.prepare_write(item.op, item.data, participant_code=item.participant_code)
         except Exception:  # invalid (or worse): the worker prepares it again and reports why
             return item
         ahead = _Claimed(item, prepared)

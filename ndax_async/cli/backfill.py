@@ -142,12 +142,12 @@ async def _failed_results(results: Path, limit: int = 20) -> Any:
 async def dry_run(path: Path, out: TextIO | None = None) -> int:
     """Validate every row, send nothing; exit status 0 when all are valid."""
     from .._wire.convert import structure_payload
-    from ..client import _WRITES
+    from .._wire.writes import WRITES
 
     checked = failed = 0
     async for item in read_operations(path):
         checked += 1
-        problem = item.reason if isinstance(item, RowError) else _validate(item, structure_payload, _WRITES)
+        problem = item.reason if isinstance(item, RowError) else _validate(item, structure_payload, WRITES)
         if problem:
             failed += 1
             print(f"line {item.line} key {item.key}: {problem}", file=out)

@@ -1,0 +1,211 @@
+"""The API's resources on a client: ``client.customers`` (writes) and ``client.participants`` (reads)."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._sending.senders import RawResponse
+from ._wire.convert import read_record
+from .errors import MalformedResponseError, Problem, ValidationError
+from .models import Customer, CustomerUpdate, Minor, NewCustomer, NewMinor, Participant
+
+if TYPE_CHECKING:
+    from .client import AsyncClient
+
+__all__ = ["Customers", "ParticipantPage", "Participants", "malformed_response"]
+
+
+class Customers:
+    """The write endpoints: create a customer or a minor, update a customer.
+
+    Each takes ``request_id=`` to pin the id, and ``timeout=``, ``max_retries=``
+    and ``deadline=`` for this call only.
+    """
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        customer: NewCustomer | Mapping[str, Any],
+        *,
+        request_id: object = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        deadline: float | None = None,
+    ) -> Customer:
+        """Create a customer (``POST /participants/customers/new``).
+
+        Safe to call again for the same customer: with the default derived
+        request_id the server replays the original result.
+        """
+        prepared = self._client.prepare_write("create", customer, request_id=request_id)
+        record: Customer = await self._client.send_write(
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+        )
+        return record
+
+    async def create_minor(
+        self,
+        minor: NewMinor | Mapping[str, Any],
+        *,
+        request_id: object = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        deadline: float | None = None,
+    ) -> Minor:
+        """Create a minor under a custodian (``POST /participants/customers/minor``)."""
+        prepared = self._client.prepare_write("create_minor", minor, request_id=request_id)
+        record: Minor = await self._client.send_write(
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+        )
+        return record
+
+    async def update(
+        self,
+        participant_code: str,
+        update: CustomerUpdate | Mapping[str, Any],
+        *,
+        request_id: object = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        deadline: float | None = None,
+    ) -> Customer:
+        """Apply a verified change (``PATCH /participants/customers/{participant_code}``).
+
+        A mapping may be the flat wire shape (``platform_updated_at`` plus the
+        fields of each segment) or hold ``name``/``address``/``identity``.
+        """
+        prepared = self._client.prepare_write(
+            "update", update, participant_code=participant_code, request_id=request_id
+        )
+        record: Customer = await self._client.send_write(
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+        )
+        return record
+
+
+@attrs.frozen
+class ParticipantPage:
+    """One page of ``GET /participants``."""
+
+    participants: tuple[Participant, ...]
+    page: int
+    total_pages: int
+    page_size: int | None
+    count: int | None
+    raw: dict[str, Any] = attrs.field(repr=False, eq=False)
+
+
+class Participants:
+    """The read endpoints: find participants again (for reconciliation)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def get_by_email(self, email: str, *, timeout: float | None = None) -> Participant | None:
+        """``GET /participants/{email}``: the participant, or ``None`` if there is none."""
+        if not isinstance(email, str) or not email.strip():
+            raise ValidationError("request", [Problem("email", "required (a non-empty string)")])
+        route = "/participants/" + urllib.parse.quote(email, safe="@+")
+        data, attempts, raw = await self._client.send_json(
+            "GET", route, None, request_id=None, timeout=timeout, not_found_ok=True
+        )
+        if data is None:
+            return None
+        message = data.get("message") if isinstance(data, dict) else None
+        if not isinstance(message, dict):
+            raise malformed_response("a 'message' object", raw, data, None, attempts)
+        return read_record(message, Participant, attempts=attempts)
+
+    async def list_pages(
+        self,
+        *,
+        email: str | None = None,
+        participant_code: str | None = None,
+        status: str | None = None,
+        minors: bool | None = None,
+        page: int = 1,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ParticipantPage]:
+        """``GET /participants``, page by page from ``page`` to the last."""
+        while True:
+            query = _query(
+                email=email, participant_code=participant_code, page=page, minors=minors, status=status
+            )
+            data, attempts, raw = await self._client.send_json(
+                "GET", "/participants?" + query, None, request_id=None, timeout=timeout
+            )
+            result = _read_page(data, attempts, page, raw)
+            yield result
+            if not result.participants or result.page >= result.total_pages:
+                return
+            page = result.page + 1
+
+    async def list(
+        self,
+        *,
+        email: str | None = None,
+        participant_code: str | None = None,
+        status: str | None = None,
+        minors: bool | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Participant]:
+        """Every participant matching the filters, across every page."""
+        async for result in self.list_pages(
+            email=email, participant_code=participant_code, status=status, minors=minors, timeout=timeout
+        ):
+            for participant in result.participants:
+                yield participant
+
+
+def _query(**params: object) -> str:
+    pairs = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        pairs.append(f"{key}={urllib.parse.quote(text, safe='')}")
+    return "&".join(pairs)
+
+
+def _read_page(data: Any, attempts: int, requested_page: int, raw: RawResponse | None) -> ParticipantPage:
+    items = data.get("message") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise malformed_response("a 'message' list", raw, data, None, attempts)
+    participants = tuple(
+        read_record(item, Participant, attempts=attempts) for item in items if isinstance(item, dict)
+    )
+    page = _int_or(data.get("page"), requested_page)
+    return ParticipantPage(
+        participants=participants,
+        page=page,
+        total_pages=_int_or(data.get("total_pages"), page),
+        page_size=_int_or(data.get("page_size"), None),
+        count=_int_or(data.get("count"), None),
+        raw=data,
+    )
+
+
+def _int_or(value: Any, default: Any) -> Any:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def malformed_response(
+    expected: str, raw: RawResponse | None, data: Any, request_id: str | None, attempts: int
+) -> MalformedResponseError:
+    """The error for a 2xx whose JSON is not the documented shape (it keeps the raw text)."""
+    return MalformedResponseError(
+        f"the response is not the documented shape (expected {expected})",
+        status_code=raw.status_code if raw is not None else 200,
+        body=data,
+        raw_text=raw.text if raw is not None else json.dumps(data, ensure_ascii=False),
+        request_id=request_id,
+        attempts=attempts,
+        headers=raw.header_dict() if raw is not None else None,
+    )
