@@ -1,0 +1,155 @@
+"""Real servers for integration tests, started on 127.0.0.1 in a temporary directory.
+
+Each is found on the machine (Debian's ``redis-server``, ``tinyproxy``); where
+one is missing the test is skipped with the reason, except under ``CI=true``,
+where it fails: ``.ci/run`` installs them (``scripts/install-servers.sh``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def need_binary(name: str, package: str) -> str:
+    """The binary's path; skip (fail under CI=true) when the machine lacks it."""
+    path = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/bin") / name, Path("/usr/sbin") / name) if p.exists()), None
+    )
+    if path is None:
+        reason = f"{name} not found: install Debian's {package} package (scripts/install-servers.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; with CI=true this test is mandatory")
+        pytest.skip(reason)
+    return path
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 10.0) -> None:
+    """Return once ``port`` accepts connections; raise if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{what} did not listen on {HOST}:{port} within {timeout:g}s")
+
+
+class _Server:
+    """A server process that can be stopped and started again on the same port."""
+
+    what = "server"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start (or restart) the server and wait until it listens."""
+        log = open(self.folder / f"{self.what}.log", "ab")  # noqa: SIM115 - the process owns it
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
+        log.close()
+        wait_for_port(self.port, self.process, self.what)
+
+    def stop(self) -> None:
+        """Stop the server (its state is gone: nothing is persisted)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> _Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_Server):
+    """``redis-server`` on 127.0.0.1, no persistence; ``url`` is ``redis://127.0.0.1:<port>/0``."""
+
+    what = "redis-server"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.binary = need_binary("redis-server", "redis-server")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--dir", str(self.folder),
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+
+
+class TinyProxy(_Server):
+    """A ``tinyproxy`` forward proxy on 127.0.0.1 that logs each request it forwards.
+
+    ``requests()`` returns the request lines it forwarded (``GET http://...``,
+    or ``CONNECT host:port`` for https), so a test can prove traffic went through it.
+    """
+
+    what = "tinyproxy"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.binary = need_binary("tinyproxy", "tinyproxy")
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        config = self.folder / "tinyproxy.conf"
+        config.write_text(
+            f"Port {self.port}\nListen {HOST}\nTimeout 30\nMaxClients 100\n"
+            f'LogFile "{self.folder / "tinyproxy.requests.log"}"\nLogLevel Connect\n'
+            "Allow 127.0.0.1\nConnectPort 443\nConnectPort 0\nDisableViaHeader Yes\n"
+        )
+        return [self.binary, "-d", "-c", str(config)]
+
+    def requests(self) -> list[str]:
+        log = self.folder / "tinyproxy.requests.log"
+        if not log.exists():
+            return []
+        lines = log.read_text().splitlines()
+        return [line.split("): ", 1)[1] for line in lines if "Request (file descriptor" in line]
