@@ -1,17 +1,20 @@
 """Real servers for integration tests, started on 127.0.0.1 in a temporary directory.
 
-Each is found on the machine (Debian's ``redis-server``, ``tinyproxy``); where
-one is missing the test is skipped with the reason, except under ``CI=true``,
-where it fails: ``.ci/run`` installs them (``scripts/install-servers.sh``).
+Each is found on the machine (Debian's ``redis-server``, ``tinyproxy``,
+``postgresql``); where one is missing the test is skipped with the reason,
+except under ``CI=true``, where it fails: ``.ci/run`` installs them (``scripts/install-servers.sh``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
+import weakref
 from pathlib import Path
 from types import TracebackType
 
@@ -153,3 +156,123 @@ class TinyProxy(_Server):
             return []
         lines = log.read_text().splitlines()
         return [line.split("): ", 1)[1] for line in lines if "Request (file descriptor" in line]
+
+
+def postgres_bin_dir() -> Path:
+    """The newest ``/usr/lib/postgresql/<version>/bin`` holding ``initdb`` (or ``initdb`` on PATH).
+
+    Skips (fails under CI=true) when the machine has none.
+    """
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("initdb")
+    if on_path is not None:
+        return Path(on_path).parent
+    return Path(need_binary("initdb", "postgresql")).parent  # skips or fails with the reason
+
+
+class PostgresServer(_Server):
+    """A throwaway PostgreSQL on 127.0.0.1; ``url`` is ``postgresql://postgres@127.0.0.1:<port>/postgres``.
+
+    The cluster is made with ``initdb`` (superuser ``postgres``, trust
+    authentication, no Unix socket) in its own temporary directory, on first
+    start; run as root, the server runs as the ``postgres`` user, which must
+    own its data. Unlike Redis it keeps its data across :meth:`stop` and
+    :meth:`start`; the data is removed when the ``with`` block ends (or the
+    object is collected). ``fsync`` is off: a test server, never a crash test
+    of the machine.
+    """
+
+    what = "postgres"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.bin_dir = postgres_bin_dir()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.data_root = Path(tempfile.mkdtemp(prefix="ndax-pg-"))  # /tmp: reachable by the postgres user
+        self._remove_data = weakref.finalize(self, shutil.rmtree, self.data_root, ignore_errors=True)
+        self.data = self.data_root / "data"
+        if self.user is not None:
+            shutil.chown(self.data_root, user=self.user)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.bin_dir / "postgres"),
+            "-D", str(self.data),
+            "-p", str(self.port),
+            "-c", f"listen_addresses={HOST}",
+            "-c", "unix_socket_directories=",
+            "-c", "fsync=off",
+            "-c", "max_connections=200",
+        ]  # fmt: skip
+
+    def _run_as_owner(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as output:
+            if self.user is None:
+                return subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, cwd=self.data_root)
+            return subprocess.Popen(  # as root: the postgres user and group, no root groups
+                args,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_root,
+                user=self.user,
+                group=self.user,
+                extra_groups=[],
+            )
+
+    def start(self) -> None:
+        """Make the cluster (first time only), start the server, and wait until it accepts queries."""
+        log = self.folder / f"{self.what}.log"
+        if not (self.data / "PG_VERSION").exists():
+            initdb = [
+                str(self.bin_dir / "initdb"),
+                "-D", str(self.data),
+                "-U", "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]  # fmt: skip
+            if self._run_as_owner(initdb, log).wait(60) != 0:
+                raise RuntimeError(f"initdb failed; see {log}")
+        self.process = self._run_as_owner(self.command(), log)
+        wait_for_port(self.port, self.process, self.what, timeout=30)
+        self._wait_until_ready(log)
+
+    def _wait_until_ready(self, log: Path, timeout: float = 30.0) -> None:
+        """Listening is not ready: PostgreSQL refuses connections until its startup ends."""
+        assert self.process is not None
+        ready = [str(self.bin_dir / "pg_isready"), "-q", "-h", HOST, "-p", str(self.port), "-U", "postgres"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.process.returncode}; see {log}")
+            if subprocess.run(ready, check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"postgres did not accept connections within {timeout:g}s; see {log}")
+
+    def stop(self) -> None:
+        """Stop the server with a fast shutdown (SIGINT); its data stays for the next :meth:`start`."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        self._remove_data()
