@@ -310,6 +310,10 @@ class Customer(_Record):
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
     attempts: int = attrs.field(default=1, eq=False)
     request_id: str | None = attrs.field(default=None, eq=False)
+    existing: bool = attrs.field(default=False, eq=False)
+    """True when this call did not create it: ``reconcile=True`` found it applied earlier
+    under another request_id. Then the record is the payload sent plus the
+    participant_code found, and ``raw`` is the lookup's answer."""
 
 
 @attrs.frozen(kw_only=True)
@@ -339,6 +343,8 @@ class Minor(_Record):
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
     attempts: int = attrs.field(default=1, eq=False)
     request_id: str | None = attrs.field(default=None, eq=False)
+    existing: bool = attrs.field(default=False, eq=False)
+    """True when this call did not create it (see :attr:`Customer.existing`)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -1,23 +1,33 @@
-"""The API's resources on a client: ``client.customers`` (writes) and ``client.participants`` (reads)."""
+"""The API's resources on a client: ``client.customers`` (writes) and ``client.participants`` (reads).
+
+``reconcile=True`` on the two creates turns a ``DuplicatePayloadError`` (this
+exact payload was applied earlier under a request_id this SDK did not make,
+e.g. by an older integration) into the existing participant, found by email:
+see :meth:`Customers.reconcile`.
+"""
 
 from __future__ import annotations
 
 import json
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
 from ._sending.senders import RawResponse
 from ._wire.convert import read_record
-from .errors import MalformedResponseError, Problem, ValidationError
+from ._wire.writes import WRITES, PreparedWrite
+from .errors import DuplicatePayloadError, MalformedResponseError, Problem, ValidationError
 from .models import Customer, CustomerUpdate, Minor, NewCustomer, NewMinor, Participant
 
 if TYPE_CHECKING:
     from .client import AsyncClient
 
 __all__ = ["Customers", "ParticipantPage", "Participants", "malformed_response"]
+
+RecordT = TypeVar("RecordT", Customer, Minor)
+_CREATE_ROUTES = frozenset({WRITES["create"].route, WRITES["create_minor"].route})
 
 
 class Customers:
@@ -35,6 +45,7 @@ class Customers:
         customer: NewCustomer | Mapping[str, Any],
         *,
         request_id: object = None,
+        reconcile: bool = False,
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
@@ -42,29 +53,89 @@ class Customers:
         """Create a customer (``POST /participants/customers/new``).
 
         Safe to call again for the same customer: with the default derived
-        request_id the server replays the original result.
+        request_id the server replays the original result. With
+        ``reconcile=True``, a customer applied earlier under another
+        request_id is returned with ``existing=True`` instead of raising
+        ``DuplicatePayloadError`` (see :meth:`reconcile`).
         """
         prepared = self._client.prepare_write("create", customer, request_id=request_id)
-        record: Customer = await self._client.send_write(
-            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
-        )
-        return record
+        return await self._create(prepared, Customer, reconcile, timeout, max_retries, deadline)
 
     async def create_minor(
         self,
         minor: NewMinor | Mapping[str, Any],
         *,
         request_id: object = None,
+        reconcile: bool = False,
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
     ) -> Minor:
-        """Create a minor under a custodian (``POST /participants/customers/minor``)."""
+        """Create a minor under a custodian (``POST /participants/customers/minor``).
+
+        ``reconcile=True`` as for :meth:`create`.
+        """
         prepared = self._client.prepare_write("create_minor", minor, request_id=request_id)
-        record: Minor = await self._client.send_write(
-            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
-        )
+        return await self._create(prepared, Minor, reconcile, timeout, max_retries, deadline)
+
+    async def reconcile(
+        self, prepared: PreparedWrite, error: DuplicatePayloadError, *, timeout: float | None = None
+    ) -> Customer | Minor:
+        """The participant a create's ``DuplicatePayloadError`` says exists, looked up by email.
+
+        ``prepared`` is the create that got ``error`` (from
+        ``client.prepare_write``). Returns its record type (``Customer`` or
+        ``Minor``) with ``existing=True``: the payload sent plus the
+        participant_code found (``raw`` is the lookup's answer, ``attempts``
+        counts both calls). Raises ``error`` again when no participant has
+        the payload's email (or ``prepared`` is not a create). A
+        ``ParticipantExistsError`` (another person under that email) never
+        comes here: it stays an error.
+        """
+        if prepared.route not in _CREATE_ROUTES:
+            raise error
+        if prepared.record_type is Minor:
+            return await self._reconciled(prepared, Minor, error, timeout)
+        return await self._reconciled(prepared, Customer, error, timeout)
+
+    async def _create(
+        self,
+        prepared: PreparedWrite,
+        record_type: type[RecordT],
+        reconcile: bool,
+        timeout: float | None,
+        max_retries: int | None,
+        deadline: float | None,
+    ) -> RecordT:
+        try:
+            record: RecordT = await self._client.send_write(
+                prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+            )
+        except DuplicatePayloadError as error:
+            if not reconcile:
+                raise
+            return await self._reconciled(prepared, record_type, error, timeout)
         return record
+
+    async def _reconciled(
+        self,
+        prepared: PreparedWrite,
+        record_type: type[RecordT],
+        error: DuplicatePayloadError,
+        timeout: float | None,
+    ) -> RecordT:
+        sent: dict[str, Any] = json.loads(prepared.payload)
+        found = await self._client.participants.get_by_email(str(sent.get("email", "")), timeout=timeout)
+        if found is None or not found.participant_code:
+            raise error
+        record = read_record(
+            {**sent, "participant_code": found.participant_code},
+            record_type,
+            attempts=error.attempts + found.attempts,
+            request_id=prepared.request_id,
+            existing=True,
+        )
+        return attrs.evolve(record, raw=found.raw)
 
     async def update(
         self,

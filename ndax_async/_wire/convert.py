@@ -210,7 +210,7 @@ _READERS: dict[str, tuple[type[Any], Callable[[Any], Any]]] = {
     "dict[str, Any] | None": (dict, _object),
     "str | float | None": (str, _scalar),
 }
-_NOT_READ = {"raw", "attempts", "request_id"}
+_NOT_READ = {"raw", "attempts", "request_id", "existing"}  # set by the SDK, never read
 _ALIASES: dict[type[Any], dict[str, str]] = {Minor: {"non_in_other_type": "non_us_other_type"}}
 _Table = tuple[tuple[str, type[Any], Callable[[Any], Any]], ...]
 

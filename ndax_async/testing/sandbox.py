@@ -30,7 +30,7 @@ import attrs
 
 from .._wire import canonical_json as _json
 from .._wire import rules as _rules
-from .._wire.request_ids import normalize_request_id
+from .._wire.request_ids import normalize_request_id, random_request_id
 from ..errors import DUPLICATE_PAYLOAD_TEXT, IDEMPOTENCY_CONFLICT_TEXT, PARTICIPANT_EXISTS_TEXT, Problem
 from ._faults import Faults
 
@@ -292,6 +292,39 @@ class Sandbox:
             if stored.get("email"):
                 self._by_email[(stored["platform_code"], stored["email"].lower())] = code
             return str(code)
+
+    def apply(
+        self,
+        endpoint: str,
+        payload: Any,
+        *,
+        request_id: object = None,
+        participant_code: str | None = None,
+    ) -> dict[str, Any]:
+        """Apply a write as if it had come over the API under ``request_id``; return its record.
+
+        For tests of what was applied before this SDK: a customer created by an
+        older integration under an id the SDK would not derive (``request_id``
+        defaults to a random one). ``endpoint`` is ``"create"``, ``"create_minor"``
+        or ``"update"``; ``payload`` a model or a wire mapping, encoded as the SDK
+        encodes it. No authentication, faults or rate limit; a refusal raises
+        ``ValueError`` with the sandbox's answer.
+        """
+        from .._wire.writes import prepare_write
+
+        prepared = prepare_write(
+            endpoint,
+            payload,
+            participant_code=participant_code,
+            request_id=random_request_id() if request_id is None else request_id,
+        )
+        params = {"code": participant_code} if participant_code is not None else {}
+        with self._lock:
+            reply = self._write(endpoint, params, json.loads(prepared.body))
+        if reply.status != 200:
+            raise ValueError(f"the sandbox refused it ({reply.status}): {reply.body.decode()}")
+        record: dict[str, Any] = json.loads(reply.body)["message"]
+        return record
 
     # -- counters ----------------------------------------------------------------
 
