@@ -6,6 +6,9 @@ What it shows:
   (never one per request: that exhausts sockets and loses the connection pool);
 - ``POST /signup`` (create a customer), ``POST /minors`` (create a minor under a
   custodian) and ``PUT /customers/{code}/address`` (a verified address change);
+- ``POST /signups``: validate now, create later: the customer is queued for the
+  onboarding workers (``examples/onboarding_worker.py``, arq on Redis, when
+  ``NDAX_QUEUE_URL`` is set) and ``GET /signups/{job_id}`` tells how it went;
 - the caller's ``Idempotency-Key`` header becomes the request_id, so a browser
   or mobile app retrying a signup gets the same customer, never a second one;
 - the SDK's errors as HTTP answers: invalid input 422 with every problem by
@@ -24,16 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+from arq import ArqRedis, create_pool
+from arq.connections import RedisSettings
+from arq.jobs import Job, JobStatus
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 
 from ndax_async import AsyncClient, key_to_request_id
 from ndax_async import errors as ndax_errors
+
+from .onboarding_worker import JOB_PREFIX, QUEUE_NAME, enqueue_signup
 
 # An NDAX call inside a request handler gets this long in total, retries
 # included; past it the caller gets a 503 and may retry with the same key.
@@ -42,12 +51,19 @@ CALL_DEADLINE = float(os.environ.get("SIGNUP_NDAX_DEADLINE", "10"))
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """One client for the app's lifetime, closed (with its pool) at shutdown."""
-    async with AsyncClient.from_env(
-        max_connections=int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "64"))
-    ) as ndax:
-        app.state.ndax = ndax
-        yield
+    """One client for the app's lifetime, closed (with its pool) at shutdown; the job queue if configured."""
+    queue_url = os.environ.get("NDAX_QUEUE_URL")
+    queue: ArqRedis | None = await create_pool(RedisSettings.from_dsn(queue_url)) if queue_url else None
+    app.state.queue = queue
+    try:
+        async with AsyncClient.from_env(
+            max_connections=int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "64"))
+        ) as ndax:
+            app.state.ndax = ndax
+            yield
+    finally:
+        if queue is not None:
+            await queue.aclose()
 
 
 app = FastAPI(title="signup service (ndax-async example)", lifespan=lifespan)
@@ -91,6 +107,45 @@ async def signup(request: Request, idempotency_key: IdempotencyKey = None) -> di
         payload, request_id=_request_id(idempotency_key, "signup"), deadline=CALL_DEADLINE
     )
     return {"participant_code": customer.participant_code, "email": customer.email}
+
+
+@app.post("/signups", status_code=202)
+async def queue_signup(request: Request, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Validate the customer now and queue its creation for the onboarding workers.
+
+    The job carries the canonical payload and its request_id (from the
+    Idempotency-Key, else derived from the payload), so every run of it is the
+    same operation. Queueing the same signup again while it is queued, or
+    within an hour of its end, is a no-op.
+    """
+    queue: ArqRedis | None = request.app.state.queue
+    if queue is None:
+        return JSONResponse({"detail": "no job queue configured (NDAX_QUEUE_URL)"}, status_code=503)
+    payload = await _json_object(request)
+    prepared = _ndax(request).prepare_write(
+        "create", payload, request_id=_request_id(idempotency_key, "signup")
+    )  # a ValidationError here is a 422: nothing is queued
+    assert prepared.request_id is not None  # the create endpoint always sends one
+    job = await enqueue_signup(queue, json.loads(prepared.payload), prepared.request_id)
+    job_id = JOB_PREFIX + prepared.request_id
+    return JSONResponse({"job_id": job_id, "queued": job is not None}, status_code=202)
+
+
+@app.get("/signups/{job_id}")
+async def signup_status(job_id: str, request: Request) -> dict[str, Any]:
+    """A queued signup: ``queued``, ``in_progress``, ``complete`` (with the result) or ``not_found``."""
+    queue: ArqRedis | None = request.app.state.queue
+    if queue is None:
+        return {"job_id": job_id, "status": JobStatus.not_found.value}
+    job = Job(job_id, queue, _queue_name=QUEUE_NAME)
+    status = await job.status()
+    answer: dict[str, Any] = {"job_id": job_id, "status": status.value}
+    if status is JobStatus.complete:
+        info = await job.result_info()
+        if info is not None:
+            answer["success"] = info.success
+            answer["result"] = info.result if info.success else repr(info.result)
+    return answer
 
 
 @app.post("/minors", status_code=201)
