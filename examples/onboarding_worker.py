@@ -17,7 +17,8 @@ sorted set) while it runs; the worker that starts it sets an in-progress key
 that expires after ``job_timeout + 10`` seconds. A killed worker never deletes
 it, so once it expires the next poll of any worker (every ``poll_delay``, 0.5 s)
 starts the job again. A killed worker's jobs are therefore redone within
-``job_timeout + 10 s + poll_delay``: 70.5 s with the default ``--job-timeout 60``.
+``job_timeout + 10 s + poll_delay``: 70.5 s with the default ``--job-timeout 60``
+(given a worker with a free slot; they are the oldest jobs, so first in line).
 A worker stopped by SIGTERM or SIGINT cancels its jobs and puts them straight
 back. Each start counts as a try; ``--max-tries`` (100) is how many a job gets.
 

@@ -16,6 +16,7 @@ redelivery bound (``--job-timeout`` 3 s plus arq's 10 s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -23,14 +24,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from ndax_async.testing import Sandbox, SandboxServer
+from ndax_async import ValidationError
+from ndax_async.testing import FakeClock, Sandbox, SandboxServer
 
 from .helpers import customer_wire
 from .servers import RedisServer
@@ -38,11 +40,11 @@ from .servers import RedisServer
 pytest.importorskip("arq")
 pytest.importorskip("fastapi")
 
-from arq import ArqRedis, create_pool
+from arq import ArqRedis, Retry, create_pool
 from arq.connections import RedisSettings
 
 from examples import signup_service
-from examples.onboarding_worker import QUEUE_NAME
+from examples.onboarding_worker import QUEUE_NAME, create_customer
 
 pytestmark = pytest.mark.workers
 
@@ -108,16 +110,28 @@ async def _until(condition: Any, what: str, deadline: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _queue_signups(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> list[dict[str, Any]]:
-    """POST /signups for every customer (a few twice, with the same key) through the example service."""
+@contextlib.asynccontextmanager
+async def _service(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """The example signup service in-process (its lifespan run), configured by ``env``."""
     for name in ("NDAX_API_KEY", "NDAX_API_SECRET", "NDAX_PASSPHRASE", "NDAX_BASE_URL", "NDAX_QUEUE_URL"):
-        monkeypatch.setenv(name, env[name])
+        if name in env:
+            monkeypatch.setenv(name, env[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
     app = signup_service.app
-    answers: list[dict[str, Any]] = []
     async with (
         signup_service.lifespan(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as http,
     ):
+        yield http
+
+
+async def _queue_signups(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> list[dict[str, Any]]:
+    """POST /signups for every customer (one twice, with the same key) through the example service."""
+    answers: list[dict[str, Any]] = []
+    async with _service(monkeypatch, env) as http:
+        invalid = await http.post("/signups", json=customer_wire(zip="nope"))
+        assert invalid.status_code == 422  # refused before queueing
         for start in range(0, SIGNUPS, 100):
             batch = [
                 http.post(
@@ -175,6 +189,8 @@ async def test_killed_workers_jobs_are_redone_and_every_customer_is_created_once
 
             await _until(drained, "the queue to drain", deadline)
             results = {result.job_id: result for result in await queue.all_job_results()}
+            async with _service(monkeypatch, env) as http:
+                status = (await http.get(f"/signups/{answers[0]['job_id']}")).json()
         finally:
             for worker in workers:
                 worker.stop()
@@ -198,6 +214,9 @@ async def test_killed_workers_jobs_are_redone_and_every_customer_is_created_once
         assert result.result["participant_code"] == codes[result.result["email"]]
         assert result.result["existing"] is False
 
+    assert status["status"] == "complete"
+    assert status["result"]["participant_code"] == codes["signup0@example.com"]
+
     # The kills did hit running jobs, and arq ran those again elsewhere (as replays).
     interrupted: set[str] = set()
     for index in VICTIMS:
@@ -207,3 +226,34 @@ async def test_killed_workers_jobs_are_redone_and_every_customer_is_created_once
     assert interrupted, "no kill interrupted a running job: the test proved nothing"
     assert all(results[job_id].success for job_id in interrupted)
     assert all(results[job_id].job_try > 1 for job_id in interrupted)
+
+
+async def test_the_service_without_a_queue_answers_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox = Sandbox()
+    env = {"NDAX_API_KEY": sandbox.api_key, "NDAX_API_SECRET": sandbox.api_secret}
+    env |= {"NDAX_PASSPHRASE": sandbox.passphrase, "NDAX_BASE_URL": "http://127.0.0.1:9"}
+    async with _service(monkeypatch, env) as http:
+        answer = await http.post("/signups", json=customer_wire())
+    assert answer.status_code == 503
+    assert "NDAX_QUEUE_URL" in answer.json()["detail"]
+
+
+async def test_the_job_leaves_transient_errors_to_arq_and_raises_the_rest() -> None:
+    clock = FakeClock()
+    sandbox = Sandbox(clock=clock.time)
+    async with sandbox.client(clock=clock, max_retries=1) as client:
+        ctx: dict[str, Any] = {"ndax": client, "call_budget": 5.0, "job_try": 3, "job_id": "signup:x"}
+        request_id = "5b0c7d6e-1f2a-4b3c-8d4e-5f6a7b8c9d0e"
+        sandbox.faults(err503=1.0)
+        with pytest.raises(Retry) as retry:
+            await create_customer(ctx, request_id, customer_wire())
+        assert retry.value.defer_score == 8000  # 2 ** job_try seconds, in ms
+        sandbox.faults()
+        with pytest.raises(ValidationError):
+            await create_customer(ctx, request_id, customer_wire(zip="nope"))
+        result = await create_customer(ctx, request_id, customer_wire())
+        again = await create_customer(ctx, request_id, customer_wire())
+    assert result == again == {
+        "participant_code": result["participant_code"], "email": "email-example@mail.com", "existing": False,
+    }  # fmt: skip
+    assert (sandbox.stats["creations"], sandbox.stats["replays"]) == (1, 1)
