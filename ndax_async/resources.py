@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._sending.budget import Priority
 from ._sending.senders import RawResponse
 from ._wire.convert import read_record
 from .errors import MalformedResponseError, Problem, ValidationError
@@ -23,8 +24,8 @@ __all__ = ["Customers", "ParticipantPage", "Participants", "malformed_response"]
 class Customers:
     """The write endpoints: create a customer or a minor, update a customer.
 
-    Each takes ``request_id=`` to pin the id, and ``timeout=``, ``max_retries=``
-    and ``deadline=`` for this call only.
+    Each takes ``request_id=`` to pin the id, and ``timeout=``, ``max_retries=``,
+    ``deadline=`` and ``priority=`` (its class in a shared budget) for this call only.
     """
 
     def __init__(self, client: AsyncClient) -> None:
@@ -38,6 +39,7 @@ class Customers:
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
+        priority: Priority | None = None,
     ) -> Customer:
         """Create a customer (``POST /participants/customers/new``).
 
@@ -46,7 +48,7 @@ class Customers:
         """
         prepared = self._client.prepare_write("create", customer, request_id=request_id)
         record: Customer = await self._client.send_write(
-            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline, priority=priority
         )
         return record
 
@@ -58,11 +60,12 @@ class Customers:
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
+        priority: Priority | None = None,
     ) -> Minor:
         """Create a minor under a custodian (``POST /participants/customers/minor``)."""
         prepared = self._client.prepare_write("create_minor", minor, request_id=request_id)
         record: Minor = await self._client.send_write(
-            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline, priority=priority
         )
         return record
 
@@ -75,6 +78,7 @@ class Customers:
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
+        priority: Priority | None = None,
     ) -> Customer:
         """Apply a verified change (``PATCH /participants/customers/{participant_code}``).
 
@@ -85,7 +89,7 @@ class Customers:
             "update", update, participant_code=participant_code, request_id=request_id
         )
         record: Customer = await self._client.send_write(
-            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline, priority=priority
         )
         return record
 
@@ -108,13 +112,15 @@ class Participants:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def get_by_email(self, email: str, *, timeout: float | None = None) -> Participant | None:
+    async def get_by_email(
+        self, email: str, *, timeout: float | None = None, priority: Priority | None = None
+    ) -> Participant | None:
         """``GET /participants/{email}``: the participant, or ``None`` if there is none."""
         if not isinstance(email, str) or not email.strip():
             raise ValidationError("request", [Problem("email", "required (a non-empty string)")])
         route = "/participants/" + urllib.parse.quote(email, safe="@+")
         data, attempts, raw = await self._client.send_json(
-            "GET", route, None, request_id=None, timeout=timeout, not_found_ok=True
+            "GET", route, None, request_id=None, timeout=timeout, not_found_ok=True, priority=priority
         )
         if data is None:
             return None
@@ -132,6 +138,7 @@ class Participants:
         minors: bool | None = None,
         page: int = 1,
         timeout: float | None = None,
+        priority: Priority | None = None,
     ) -> AsyncIterator[ParticipantPage]:
         """``GET /participants``, page by page from ``page`` to the last."""
         while True:
@@ -139,7 +146,7 @@ class Participants:
                 email=email, participant_code=participant_code, page=page, minors=minors, status=status
             )
             data, attempts, raw = await self._client.send_json(
-                "GET", "/participants?" + query, None, request_id=None, timeout=timeout
+                "GET", "/participants?" + query, None, request_id=None, timeout=timeout, priority=priority
             )
             result = _read_page(data, attempts, page, raw)
             yield result
@@ -155,10 +162,16 @@ class Participants:
         status: str | None = None,
         minors: bool | None = None,
         timeout: float | None = None,
+        priority: Priority | None = None,
     ) -> AsyncIterator[Participant]:
         """Every participant matching the filters, across every page."""
         async for result in self.list_pages(
-            email=email, participant_code=participant_code, status=status, minors=minors, timeout=timeout
+            email=email,
+            participant_code=participant_code,
+            status=status,
+            minors=minors,
+            timeout=timeout,
+            priority=priority,
         ):
             for participant in result.participants:
                 yield participant
