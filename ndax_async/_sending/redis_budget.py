@@ -203,9 +203,11 @@ class RedisBudget(Budget):
         """A 429 arrived: every member waits ``seconds`` (from Redis's clock) before its next attempt."""
         await super().report_block(seconds)
         self._own.block(self.clock.monotonic() + seconds)
-        if not self._joined:
-            return
+        if self._probe is not None or self._closed:
+            return  # Redis is away: the local pause above is all there is
         try:
+            if not self._joined:
+                await self._join()
             await self._scripts["block"](keys=self._keys[1:], args=[max(1, int(seconds * 1000))])
         except Exception as error:  # the budget never raises to the caller
             self._fall_back(error)
@@ -254,7 +256,9 @@ class RedisBudget(Budget):
         epoch = await self._scripts["join"](keys=[self._keys[0], self._epoch_key], args=args)
         epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if self._epoch and epoch != self._epoch:
-            self._guard_until = now + self.limit.window
+            # Redis lost the log: until the other members have rejoined too (they
+            # probe as often as this one), keep to this member's share as well.
+            self._guard_until = now + min(self.limit.window, 3 * self.probe_interval)
         was_away = self.stats.fallbacks > 0
         self._epoch, self._joined, self._since_outage = epoch, True, []
         self.stats.mode = "redis"
