@@ -226,3 +226,52 @@ async def test_the_password_never_appears(tmp_path: Path, caplog: pytest.LogCapt
         finally:
             await wrong.aclose()
             await right.aclose()
+
+
+def test_backfill_cli_draws_from_the_shared_budget(redis_server: RedisServer, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+
+    source = tmp_path / "ops.jsonl"
+    rows = [
+        {"op": "create", "key": f"c{n}", "data": customer_wire(email=f"c{n}@mail.com", id_number=f"C{n}")}
+        for n in range(30)
+    ]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sandbox = Sandbox(rate_limit=(2000, 10.0))
+    with SandboxServer(sandbox) as server:
+        env = {
+            **os.environ,
+            **{f"NDAX_{k.upper()}": v for k, v in sandbox.credentials.items()},
+            "NDAX_BASE_URL": server.base_url,
+        }
+        command = [sys.executable, "-m", "ndax_async.cli", "backfill", str(source)]
+        command += ["--budget", redis_server.url, "--budget-limit", "2000/10"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "budget: 30 slots" in done.stdout
+    assert sandbox.stats["customers"] == 30
+    assert asyncio.run(zcard(redis_server)) == 30  # every attempt took its slot in Redis
+
+
+def test_progress_line_shows_the_budget() -> None:
+    import io
+
+    from ndax_async import LocalBudget
+    from ndax_async.bulk import BulkSummary
+    from ndax_async.cli.backfill import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    budget = LocalBudget("2000/10")
+    budget.stats.grants["bulk"] = 50
+    budget.stats.waits["bulk"] = 3
+    budget.stats.pauses = 1
+    stream = Terminal()
+    _Progress(100, stream=stream, budget=budget).update(BulkSummary(), final=True)
+    line = stream.getvalue()
+    assert "/200 req/s, waits 3" in line
+    assert "pauses 1, local" in line
