@@ -23,7 +23,7 @@ from ndax_async.testing import FakeClock, Faults, Sandbox
 from .helpers import customer_wire
 
 # No margin and no smoothing unless a test is about them: the counts are exact.
-FLAT = BudgetLimit(requests=100, window=10.0, margin=0, reserve=10, sub_window=10.0, smoothing=1.0)
+FLAT = BudgetLimit(requests=100, window=10.0, margin=0, reserve=10, sub_window=10.0, smoothing=2.0)
 
 
 def max_in_window(times: list[float], window: float) -> int:
