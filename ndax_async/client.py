@@ -80,7 +80,8 @@ class AsyncClient:
     ``redis://host:port/db``, with ``budget_limit`` such as ``"2000/10"``) or a
     :class:`~ndax_async.LocalBudget`. Every attempt takes a slot first; calls
     are ``budget_priority`` (``"interactive"`` by default; bulk runs are ``"bulk"``).
-    A budget made from a URL is closed with the client.
+    A budget made from a URL is closed with the client; while Redis is down it
+    uses ``1/budget_members`` of the limit (the processes sharing the IP).
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class AsyncClient:
         budget: Budget | str | None = None,
         budget_limit: BudgetLimit | str | None = None,
         budget_priority: Priority = "interactive",
+        budget_members: int = 4,
     ) -> None:
         self._credentials = Credentials(api_key, api_secret, passphrase)
         self.base_url = _check_base_url(base_url, allow_insecure_http)
@@ -132,7 +134,7 @@ class AsyncClient:
         self._sender = _sender(http_client, transport, http_backend, max_connections, verify)
         self._clock: Clock = clock or SystemClock()
         self.rate_limit_pause = RateLimitPause(self._clock)
-        self.budget, self._owns_budget = _budget(budget, budget_limit)
+        self.budget, self._owns_budget = _budget(budget, budget_limit, budget_members)
         try:
             budget_priority = check_priority(budget_priority)
         except ValueError as error:
@@ -161,7 +163,8 @@ class AsyncClient:
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
         """Build a client from ``NDAX_API_KEY``, ``NDAX_API_SECRET``,
         ``NDAX_PASSPHRASE`` and (optionally) ``NDAX_BASE_URL``, ``NDAX_BUDGET_URL``
-        (``redis://host:port/db``) and ``NDAX_BUDGET_LIMIT`` (``2000/10``)."""
+        (``redis://host:port/db``), ``NDAX_BUDGET_LIMIT`` (``2000/10``) and
+        ``NDAX_BUDGET_MEMBERS`` (processes sharing the IP; default 4)."""
         env = os.environ if environ is None else environ
         missing = [
             name for name in ("NDAX_API_KEY", "NDAX_API_SECRET", "NDAX_PASSPHRASE") if not env.get(name)
@@ -173,6 +176,8 @@ class AsyncClient:
             options.setdefault("budget", env["NDAX_BUDGET_URL"])
         if env.get("NDAX_BUDGET_LIMIT"):
             options.setdefault("budget_limit", env["NDAX_BUDGET_LIMIT"])
+        if env.get("NDAX_BUDGET_MEMBERS"):
+            options.setdefault("budget_members", int(env["NDAX_BUDGET_MEMBERS"]))
         return cls(
             api_key=env["NDAX_API_KEY"],
             api_secret=env["NDAX_API_SECRET"],
@@ -372,7 +377,9 @@ def _sender(
     return BuiltinSender(max_connections, verify=verify)
 
 
-def _budget(budget: Budget | str | None, limit: BudgetLimit | str | None) -> tuple[Budget | None, bool]:
+def _budget(
+    budget: Budget | str | None, limit: BudgetLimit | str | None, members: int
+) -> tuple[Budget | None, bool]:
     """The client's budget, and whether the client made it (and so closes it)."""
     if budget is None or isinstance(budget, Budget):
         if limit is not None and budget is not None:
@@ -385,7 +392,7 @@ def _budget(budget: Budget | str | None, limit: BudgetLimit | str | None) -> tup
     if not budget.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigurationError(f"budget must be a Budget or a redis:// URL, not {redact_url(budget)!r}")
     try:
-        return RedisBudget(budget, limit), True
+        return RedisBudget(budget, limit, expected_members=members), True
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
 

@@ -165,12 +165,14 @@ async def test_from_env_reads_the_budget_and_never_shows_its_password(
         "NDAX_PASSPHRASE": "p",
         "NDAX_BUDGET_URL": "redis://:hunter2@127.0.0.1:1/0",
         "NDAX_BUDGET_LIMIT": "1000/5",
+        "NDAX_BUDGET_MEMBERS": "5",
     }
     client = AsyncClient.from_env(env)
     try:
         budget = client.budget
         assert isinstance(budget, RedisBudget)
         assert (budget.limit.requests, budget.limit.window) == (1000, 5.0)
+        assert budget.fallback_limit.requests == 990 // 5
         assert "hunter2" not in repr(budget)
         assert "***" in repr(budget)
         with caplog.at_level(logging.DEBUG, logger="ndax_async"):

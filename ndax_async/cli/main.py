@@ -58,6 +58,8 @@ def _backfill(args: argparse.Namespace) -> int:
         options["budget"] = args.budget
     if args.budget_limit:
         options["budget_limit"] = args.budget_limit
+    if args.budget_members:
+        options["budget_members"] = args.budget_members
     # With a shared budget (here or NDAX_BUDGET_URL) it paces the run; --rate still caps it.
     shared = bool(args.budget or os.environ.get("NDAX_BUDGET_URL"))
     rate = args.rate if args.rate is not None else (None if shared else 180.0)
@@ -103,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--budget-limit",
         default="",
         help="the budget's REQUESTS/SECONDS (default 2000/10: NDAX_BUDGET_LIMIT)",
+    )
+    backfill.add_argument(
+        "--budget-members",
+        type=int,
+        default=0,
+        help="processes sharing the IP; each uses 1/N while Redis is down (default 4: NDAX_BUDGET_MEMBERS)",
     )
     backfill.add_argument("--journal", help="SQLite journal (default: FILE.journal.sqlite)")
     backfill.add_argument("--results", help="results file, JSON lines (default: FILE.results.jsonl)")
