@@ -37,7 +37,7 @@ def test_limit_defaults_parse_and_share() -> None:
     assert (limit.requests, limit.window) == (2000, 10.0)
     assert limit.interactive_ceiling == 1980  # 1% margin
     assert limit.bulk_ceiling == 1950  # 1.5% reserve: bulk alone uses 97.5% of the limit
-    assert limit.bulk_per_sub_window == 244  # 1.25 x 195 per second
+    assert limit.bulk_per_sub_window == 195  # the bulk share of the rate, per second
     share = limit.share(495)
     assert (share.interactive_ceiling, share.bulk_ceiling) == (495, 487)
     with pytest.raises(ValueError, match="2000/10"):
@@ -74,7 +74,7 @@ async def test_bulk_stops_at_the_reserve_and_interactive_still_gets_through() ->
 
 async def test_bulk_is_smoothed_per_sub_window_after_a_start() -> None:
     clock = FakeClock()
-    limit = BudgetLimit(requests=100, window=10.0, margin=0, reserve=10)  # 1 s sub-window, x1.25
+    limit = BudgetLimit(requests=100, window=10.0, margin=0, reserve=10, smoothing=1.25)  # 1 s sub-window
     budget = LocalBudget(limit, clock=clock)
     times = []
     for _ in range(90):
