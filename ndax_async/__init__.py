@@ -8,7 +8,9 @@ takes effect exactly once however often the network or the worker fails.
 from __future__ import annotations
 
 from ._clock import Clock, SystemClock
+from ._sending.budget import Budget, BudgetLimit, BudgetStats, BudgetWait, LocalBudget, Priority
 from ._sending.limits import RateLimiter, RetryQuota
+from ._sending.redis_budget import RedisBudget
 from ._sending.retry import RetryEvent, RetryPolicy
 from ._version import __version__
 from ._wire.request_ids import RequestIdMode, key_to_request_id
@@ -57,6 +59,10 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "Budget",
+    "BudgetLimit",
+    "BudgetStats",
+    "BudgetWait",
     "ClientClosedError",
     "Clock",
     "ConfigurationError",
@@ -70,6 +76,7 @@ __all__ = [
     "IdempotencyConflictError",
     "Identity",
     "JournalError",
+    "LocalBudget",
     "MalformedResponseError",
     "Minor",
     "NDAXError",
@@ -81,9 +88,11 @@ __all__ = [
     "ParticipantExistsError",
     "ParticipantPage",
     "PermissionDeniedError",
+    "Priority",
     "Problem",
     "RateLimitError",
     "RateLimiter",
+    "RedisBudget",
     "RequestIdMode",
     "RequestTimeout",
     "RetryEvent",

@@ -17,6 +17,7 @@ import attrs
 import httpx
 
 from ._clock import Clock, SystemClock
+from ._sending.budget import Budget, BudgetLimit, Priority, check_priority
 from ._sending.http1 import BuiltinSender
 from ._sending.limits import RateLimiter, RetryQuota
 from ._sending.retry import RateLimitPause, RetryEvent, RetryPolicy
@@ -73,6 +74,14 @@ class AsyncClient:
     ``send_request_id`` turns sending it off for all or some endpoints
     (``{"create_minor": False}``). ``rate_limit`` (requests per second) spaces
     every attempt; ``retry_quota`` shares a retry budget across calls.
+
+    ``budget`` shares the platform's per-IP rate limit with every process
+    behind the same IP: a :class:`~ndax_async.RedisBudget` (or its URL,
+    ``redis://host:port/db``, with ``budget_limit`` such as ``"2000/10"``) or a
+    :class:`~ndax_async.LocalBudget`. Every attempt takes a slot first; calls
+    are ``budget_priority`` (``"interactive"`` by default; bulk runs are ``"bulk"``).
+    A budget made from a URL is closed with the client; while Redis is down it
+    uses ``1/budget_members`` of the limit (the processes sharing the IP).
     """
 
     def __init__(
@@ -99,6 +108,10 @@ class AsyncClient:
         retry_quota: RetryQuota | None = None,
         allow_insecure_http: bool = False,
         clock: Clock | None = None,
+        budget: Budget | str | None = None,
+        budget_limit: BudgetLimit | str | None = None,
+        budget_priority: Priority = "interactive",
+        budget_members: int = 4,
     ) -> None:
         self._credentials = Credentials(api_key, api_secret, passphrase)
         self.base_url = _check_base_url(base_url, allow_insecure_http)
@@ -121,6 +134,11 @@ class AsyncClient:
         self._sender = _sender(http_client, transport, http_backend, max_connections, verify)
         self._clock: Clock = clock or SystemClock()
         self.rate_limit_pause = RateLimitPause(self._clock)
+        self.budget, self._owns_budget = _budget(budget, budget_limit, budget_members)
+        try:
+            budget_priority = check_priority(budget_priority)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
         self._transport = Transport(
             self._sender,
             self._credentials,
@@ -134,6 +152,8 @@ class AsyncClient:
             quota=retry_quota,
             user_agent=f"ndax-async/{__version__}",
             max_in_flight=max_connections,
+            budget=self.budget,
+            budget_priority=budget_priority,
         )
         self._closed = False
         self.customers = Customers(self)
@@ -142,7 +162,9 @@ class AsyncClient:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
         """Build a client from ``NDAX_API_KEY``, ``NDAX_API_SECRET``,
-        ``NDAX_PASSPHRASE`` and (optionally) ``NDAX_BASE_URL``."""
+        ``NDAX_PASSPHRASE`` and (optionally) ``NDAX_BASE_URL``, ``NDAX_BUDGET_URL``
+        (``redis://host:port/db``), ``NDAX_BUDGET_LIMIT`` (``2000/10``) and
+        ``NDAX_BUDGET_MEMBERS`` (processes sharing the IP; default 4)."""
         env = os.environ if environ is None else environ
         missing = [
             name for name in ("NDAX_API_KEY", "NDAX_API_SECRET", "NDAX_PASSPHRASE") if not env.get(name)
@@ -150,6 +172,12 @@ class AsyncClient:
         if missing:
             raise ConfigurationError("missing environment variable(s): " + ", ".join(missing))
         options.setdefault("base_url", env.get("NDAX_BASE_URL") or PRODUCTION_URL)
+        if env.get("NDAX_BUDGET_URL"):
+            options.setdefault("budget", env["NDAX_BUDGET_URL"])
+        if env.get("NDAX_BUDGET_LIMIT"):
+            options.setdefault("budget_limit", env["NDAX_BUDGET_LIMIT"])
+        if env.get("NDAX_BUDGET_MEMBERS"):
+            options.setdefault("budget_members", int(env["NDAX_BUDGET_MEMBERS"]))
         return cls(
             api_key=env["NDAX_API_KEY"],
             api_secret=env["NDAX_API_SECRET"],
@@ -168,7 +196,11 @@ class AsyncClient:
             return
         self._closed = True
         self._transport.closed = True
-        await self._sender.aclose()
+        try:
+            await self._sender.aclose()
+        finally:
+            if self._owns_budget and self.budget is not None:
+                await self.budget.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         self._ensure_open()
@@ -223,10 +255,12 @@ class AsyncClient:
         max_retries: int | None = None,
         deadline: float | None = None,
         scope: CallScope | None = None,
+        priority: Priority | None = None,
     ) -> Any:
         """Send a prepared write (retrying) and read its record (a ``Customer`` or ``Minor``).
 
-        ``scope`` adds a group's limits and hooks (a bulk run's) to this call.
+        ``scope`` adds a group's limits and hooks (a bulk run's) to this call;
+        ``priority`` sets its class in the shared budget.
         """
         data, attempts, raw = await self.send_json(
             prepared.method,
@@ -237,6 +271,7 @@ class AsyncClient:
             max_retries=max_retries,
             deadline=deadline,
             scope=scope,
+            priority=priority,
         )
         message = data.get("message") if isinstance(data, dict) else None
         if not isinstance(message, dict):
@@ -256,11 +291,14 @@ class AsyncClient:
         deadline: float | None = None,
         not_found_ok: bool = False,
         scope: CallScope | None = None,
+        priority: Priority | None = None,
     ) -> tuple[Any, int, RawResponse | None]:
         """Send one logical request; return (parsed JSON, attempts, response) of a 2xx.
 
         With ``not_found_ok``, a 404 returns ``(None, attempts, None)``."""
         self._ensure_open()
+        if priority is not None:
+            scope = attrs.evolve(scope or CallScope(), priority=check_priority(priority))
         response, attempts = await self._transport.request(
             method,
             route,
@@ -337,6 +375,26 @@ def _sender(
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         return HttpxTransportSender(httpx.AsyncHTTPTransport(limits=limits, verify=verify))
     return BuiltinSender(max_connections, verify=verify)
+
+
+def _budget(
+    budget: Budget | str | None, limit: BudgetLimit | str | None, members: int
+) -> tuple[Budget | None, bool]:
+    """The client's budget, and whether the client made it (and so closes it)."""
+    if budget is None or isinstance(budget, Budget):
+        if limit is not None and budget is not None:
+            raise ConfigurationError(
+                "budget_limit applies to a budget URL; set the limit on the budget object"
+            )
+        return budget, False
+    from ._sending.redis_budget import RedisBudget, redact_url
+
+    if not budget.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(f"budget must be a Budget or a redis:// URL, not {redact_url(budget)!r}")
+    try:
+        return RedisBudget(budget, limit, expected_members=members), True
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
 
 
 def _endpoint_flags(value: bool | Mapping[str, bool]) -> dict[str, bool]:

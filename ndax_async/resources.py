@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from ._sending.budget import Priority
 from ._sending.senders import RawResponse
 from ._wire.convert import read_record
 from ._wire.writes import WRITES, PreparedWrite
@@ -33,8 +34,8 @@ _CREATE_ROUTES = frozenset({WRITES["create"].route, WRITES["create_minor"].route
 class Customers:
     """The write endpoints: create a customer or a minor, update a customer.
 
-    Each takes ``request_id=`` to pin the id, and ``timeout=``, ``max_retries=``
-    and ``deadline=`` for this call only.
+    Each takes ``request_id=`` to pin the id, and ``timeout=``, ``max_retries=``,
+    ``deadline=`` and ``priority=`` (its class in a shared budget) for this call only.
     """
 
     def __init__(self, client: AsyncClient) -> None:
@@ -49,6 +50,7 @@ class Customers:
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
+        priority: Priority | None = None,
     ) -> Customer:
         """Create a customer (``POST /participants/customers/new``).
 
@@ -59,7 +61,7 @@ class Customers:
         ``DuplicatePayloadError`` (see :meth:`reconcile`).
         """
         prepared = self._client.prepare_write("create", customer, request_id=request_id)
-        return await self._create(prepared, Customer, reconcile, timeout, max_retries, deadline)
+        return await self._create(prepared, Customer, reconcile, timeout, max_retries, deadline, priority)
 
     async def create_minor(
         self,
@@ -70,13 +72,14 @@ class Customers:
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
+        priority: Priority | None = None,
     ) -> Minor:
         """Create a minor under a custodian (``POST /participants/customers/minor``).
 
         ``reconcile=True`` as for :meth:`create`.
         """
         prepared = self._client.prepare_write("create_minor", minor, request_id=request_id)
-        return await self._create(prepared, Minor, reconcile, timeout, max_retries, deadline)
+        return await self._create(prepared, Minor, reconcile, timeout, max_retries, deadline, priority)
 
     async def reconcile(
         self, prepared: PreparedWrite, error: DuplicatePayloadError, *, timeout: float | None = None
@@ -106,10 +109,11 @@ class Customers:
         timeout: float | None,
         max_retries: int | None,
         deadline: float | None,
+        priority: Priority | None,
     ) -> RecordT:
         try:
             record: RecordT = await self._client.send_write(
-                prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+                prepared, timeout=timeout, max_retries=max_retries, deadline=deadline, priority=priority
             )
         except DuplicatePayloadError as error:
             if not reconcile:
@@ -146,6 +150,7 @@ class Customers:
         timeout: float | None = None,
         max_retries: int | None = None,
         deadline: float | None = None,
+        priority: Priority | None = None,
     ) -> Customer:
         """Apply a verified change (``PATCH /participants/customers/{participant_code}``).
 
@@ -156,7 +161,7 @@ class Customers:
             "update", update, participant_code=participant_code, request_id=request_id
         )
         record: Customer = await self._client.send_write(
-            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline
+            prepared, timeout=timeout, max_retries=max_retries, deadline=deadline, priority=priority
         )
         return record
 
@@ -179,13 +184,15 @@ class Participants:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def get_by_email(self, email: str, *, timeout: float | None = None) -> Participant | None:
+    async def get_by_email(
+        self, email: str, *, timeout: float | None = None, priority: Priority | None = None
+    ) -> Participant | None:
         """``GET /participants/{email}``: the participant, or ``None`` if there is none."""
         if not isinstance(email, str) or not email.strip():
             raise ValidationError("request", [Problem("email", "required (a non-empty string)")])
         route = "/participants/" + urllib.parse.quote(email, safe="@+")
         data, attempts, raw = await self._client.send_json(
-            "GET", route, None, request_id=None, timeout=timeout, not_found_ok=True
+            "GET", route, None, request_id=None, timeout=timeout, not_found_ok=True, priority=priority
         )
         if data is None:
             return None
@@ -203,6 +210,7 @@ class Participants:
         minors: bool | None = None,
         page: int = 1,
         timeout: float | None = None,
+        priority: Priority | None = None,
     ) -> AsyncIterator[ParticipantPage]:
         """``GET /participants``, page by page from ``page`` to the last."""
         while True:
@@ -210,7 +218,7 @@ class Participants:
                 email=email, participant_code=participant_code, page=page, minors=minors, status=status
             )
             data, attempts, raw = await self._client.send_json(
-                "GET", "/participants?" + query, None, request_id=None, timeout=timeout
+                "GET", "/participants?" + query, None, request_id=None, timeout=timeout, priority=priority
             )
             result = _read_page(data, attempts, page, raw)
             yield result
@@ -226,10 +234,16 @@ class Participants:
         status: str | None = None,
         minors: bool | None = None,
         timeout: float | None = None,
+        priority: Priority | None = None,
     ) -> AsyncIterator[Participant]:
         """Every participant matching the filters, across every page."""
         async for result in self.list_pages(
-            email=email, participant_code=participant_code, status=status, minors=minors, timeout=timeout
+            email=email,
+            participant_code=participant_code,
+            status=status,
+            minors=minors,
+            timeout=timeout,
+            priority=priority,
         ):
             for participant in result.participants:
                 yield participant

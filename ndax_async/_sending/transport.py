@@ -24,6 +24,7 @@ from tenacity import AsyncRetrying, RetryCallState
 from .._clock import Clock
 from .._wire.signing import EMPTY_BODY, Credentials
 from ..errors import ClientClosedError, ConnectError, RequestTimeout, TransportError
+from .budget import INTERACTIVE, Budget, Priority
 from .limits import RateLimiter, RetryQuota
 from .retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
 from .senders import RawResponse, Sender, SignedSend
@@ -52,13 +53,15 @@ class CallScope:
 
     ``limiter`` applies on top of the client's (both are passed); ``quota``
     replaces the client's retry budget for these calls; ``on_retry`` is called
-    after the client's hook. Nothing on the shared client changes, so other
+    after the client's hook; ``priority`` is the calls' class in the client's
+    shared budget (``"bulk"`` for a bulk run). Nothing on the shared client changes, so other
     calls, and other runs, on the same client keep their own limits.
     """
 
     limiter: RateLimiter | None = None
     quota: RetryQuota | None = None
     on_retry: Callable[[RetryEvent], None] | None = None
+    priority: Priority | None = None
 
 
 class Transport:
@@ -77,6 +80,8 @@ class Transport:
         quota: RetryQuota | None = None,
         user_agent: str = "ndax-async",
         max_in_flight: int | None = None,
+        budget: Budget | None = None,
+        budget_priority: Priority = INTERACTIVE,
     ) -> None:
         # A signature must never be older than its send. A sender with
         # ``send_signed`` (the built-in one) queues attempts beyond its pool itself
@@ -94,6 +99,8 @@ class Transport:
         self.clock = clock
         self.pause = pause
         self.on_retry = on_retry
+        self.budget = budget
+        self.budget_priority = budget_priority
 
     async def request(
         self,
@@ -162,6 +169,7 @@ class _Call:
         "first_outcome",
         "method",
         "policy",
+        "priority",
         "quota",
         "request_id",
         "route",
@@ -186,6 +194,7 @@ class _Call:
         self.transport = transport
         self.scope = scope
         self.quota = scope.quota if scope is not None and scope.quota is not None else transport.quota
+        self.priority = scope.priority if scope is not None and scope.priority else transport.budget_priority
         self.method = method
         self.route = route
         self.url = transport.base_url + route
@@ -222,6 +231,11 @@ class _Call:
             await transport.limiter.acquire()
         if self.scope is not None and self.scope.limiter is not None:
             await self.scope.limiter.acquire()
+        # The attempt's slot in the shared budget, before a connection slot and the signature.
+        if transport.budget is not None and not await transport.budget.acquire(
+            self.priority, self._remaining()
+        ):
+            return Outcome(error=_DeadlineExceeded())  # the budget's wait outlasts the deadline
         timeout = self.timeout
         remaining = self._remaining()
         if remaining is not None:
@@ -252,6 +266,8 @@ class _Call:
             pause = parse_retry_after(response.headers.get("retry-after"), transport.clock.time())
             limit = self.policy.rate_limit_pause if pause is None else pause
             transport.pause.block(min(limit, self.policy.retry_after_max))
+            if transport.budget is not None:
+                await transport.budget.report_block(min(limit, self.policy.retry_after_max))
         return Outcome(response=response)
 
     def _signed_headers(self) -> dict[str, str]:

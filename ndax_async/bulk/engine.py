@@ -172,7 +172,9 @@ class BulkSummary:
 class Bulk:
     """Runs operations through one :class:`~ndax_async.AsyncClient`, exactly once.
 
-    The run's rate limit applies on top of the client's own, and its retry
+    Its calls are ``"bulk"`` in the client's shared budget, if it has one, and
+    the budget paces the run instead of the default ``rate`` (pass another rate
+    to cap the run lower). The run's rate limit applies on top of the client's own, and its retry
     budget replaces the client's, for the run's own requests only: other calls
     on the same client, and other runs sharing it, keep their own limits.
     """
@@ -223,10 +225,14 @@ class Bulk:
             )
         self.summary = BulkSummary()
         # The run's limits travel with its calls; the shared client is not touched.
+        # With a shared budget, it paces the run (as bulk) instead of the default rate.
+        rate = None if self.client.budget is not None and self.rate == DEFAULT_RATE else self.rate
         limiter = None
-        if self.rate:
-            limiter = RateLimiter(self.rate, burst=max(1.0, self.rate / 10), clock=self.client._clock)
-        self._scope = CallScope(limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry)
+        if rate:
+            limiter = RateLimiter(rate, burst=max(1.0, rate / 10), clock=self.client._clock)
+        self._scope = CallScope(
+            limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry, priority="bulk"
+        )
         results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         self._lines = {}
         self.journal = None

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
+from .._sending.budget import Budget
 from ..bulk.engine import Bulk, BulkSummary, Operation, OperationResult, RowError
 from ..bulk.rows import count_rows, read_operations
 from ..client import AsyncClient
@@ -55,11 +56,13 @@ class _ResultsFile:
 class _Progress:
     """A one-line progress bar on stderr: done/total, rate, ETA, failures."""
 
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None, budget: Budget | None = None) -> None:
         self.total = max(total, 1)
         self.stream = stream or sys.stderr  # looked up now: sys.stderr may be replaced
         self.enabled = self.stream is not None and self.stream.isatty()
         self._last = 0.0
+        self._budget = budget
+        self._grants = (0, time.monotonic())
 
     def update(self, summary: BulkSummary, final: bool = False) -> None:
         now = time.monotonic()
@@ -73,11 +76,26 @@ class _Progress:
         eta = (self.total - done) / rate if rate > 0 else 0
         self.stream.write(
             f"\r[{bar:<30}] {done}/{self.total} {fraction:6.1%} {rate:6.0f} ops/s"
-            f" ETA {int(eta // 60)}m{int(eta % 60):02d}s failed {summary.failed}"
+            f" ETA {int(eta // 60)}m{int(eta % 60):02d}s failed {summary.failed}{self._budget_use(now)}"
         )
         if final:
             self.stream.write("\n")
         self.stream.flush()
+
+    def _budget_use(self, now: float) -> str:
+        """`` budget 195/200 req/s, waits 12 (3.1s), pauses 0, redis`` (empty without a budget)."""
+        if self._budget is None:
+            return ""
+        stats, limit = self._budget.stats, getattr(self._budget, "limit", None)
+        grants = sum(stats.grants.values())
+        (before, then), self._grants = self._grants, (grants, now)
+        per_second = (grants - before) / (now - then) if now > then else 0.0
+        allowed = f"/{limit.requests / limit.window:.0f}" if limit is not None else ""
+        waits = sum(stats.waits.values())
+        return (
+            f" | budget {per_second:.0f}{allowed} req/s, waits {waits}"
+            f" ({sum(stats.wait_seconds.values()):.1f}s), pauses {stats.pauses}, {stats.mode}"
+        )
 
 
 async def backfill(
@@ -93,7 +111,7 @@ async def backfill(
     """Run the file; exit status 0 only when every row succeeded (or was already done),
     2 when the journal could not be written (the run stopped; run it again to resume)."""
     total = await asyncio.to_thread(count_rows, path)
-    progress = _Progress(total)
+    progress = _Progress(total, budget=client.budget)
     writer = _ResultsFile(results)
     await writer.open()
     engine = Bulk(client, concurrency=concurrency, rate=rate, journal=journal)
@@ -109,6 +127,14 @@ async def backfill(
     progress.update(engine.summary, final=True)
     summary = engine.summary
     print(summary.describe(), file=out)
+    if client.budget is not None:
+        stats = client.budget.stats
+        print(
+            f"budget: {sum(stats.grants.values())} slots, {sum(stats.waits.values())} waits"
+            f" ({sum(stats.wait_seconds.values()):.1f}s), {stats.pauses} pauses,"
+            f" {stats.fallbacks} fallbacks, {stats.blocks_reported} 429s reported",
+            file=out,
+        )
     print(f"results: {results}  journal: {journal}", file=out)
     if stopped is not None:
         print(f"stopped: {stopped}; fix that and run the same command again to resume", file=out)

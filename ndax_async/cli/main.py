@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -51,13 +53,26 @@ def _backfill(args: argparse.Namespace) -> int:
         return asyncio.run(dry_run(path))
     results = Path(args.results) if args.results else path.with_name(path.name + ".results.jsonl")
 
+    options: dict[str, Any] = {}
+    if args.budget:
+        options["budget"] = args.budget
+    if args.budget_limit:
+        options["budget_limit"] = args.budget_limit
+    if args.budget_members:
+        options["budget_members"] = args.budget_members
+    # With a shared budget (here or NDAX_BUDGET_URL) it paces the run; --rate still caps it.
+    shared = bool(args.budget or os.environ.get("NDAX_BUDGET_URL"))
+    rate = args.rate if args.rate is not None else (None if shared else 180.0)
+
     async def run() -> int:
-        async with AsyncClient.from_env(max_connections=max(args.concurrency, 10)) as client:
+        async with AsyncClient.from_env(
+            max_connections=max(args.concurrency, 10), budget_priority="bulk", **options
+        ) as client:
             return await backfill(
                 path,
                 client=client,
                 concurrency=args.concurrency,
-                rate=args.rate or None,
+                rate=rate or None,
                 journal=journal,
                 results=results,
             )
@@ -78,7 +93,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     backfill.add_argument("file", help="a .jsonl (or .csv) file, one operation per row")
     backfill.add_argument("--concurrency", type=int, default=16, help="operations in flight (default 16)")
     backfill.add_argument(
-        "--rate", type=float, default=180.0, help="requests per second (default 180; 0: no limit)"
+        "--rate",
+        type=float,
+        default=None,
+        help="requests per second (default 180, or none with a shared budget; 0: no limit)",
+    )
+    backfill.add_argument(
+        "--budget", default="", help="a shared rate budget, redis://host:port/db (default: NDAX_BUDGET_URL)"
+    )
+    backfill.add_argument(
+        "--budget-limit",
+        default="",
+        help="the budget's REQUESTS/SECONDS (default 2000/10: NDAX_BUDGET_LIMIT)",
+    )
+    backfill.add_argument(
+        "--budget-members",
+        type=int,
+        default=0,
+        help="processes sharing the IP; each uses 1/N while Redis is down (default 4: NDAX_BUDGET_MEMBERS)",
     )
     backfill.add_argument("--journal", help="SQLite journal (default: FILE.journal.sqlite)")
     backfill.add_argument("--results", help="results file, JSON lines (default: FILE.results.jsonl)")

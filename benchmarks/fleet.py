@@ -1,0 +1,473 @@
+"""The fleet benchmark: 4 backfill processes and a web process behind one IP, one shared budget.
+
+Starts a real ``redis-server`` and a served sandbox enforcing the platform's
+rule (2,000 requests per rolling 10 s, one overrun blocks the IP for 10 s),
+then 4 ``ndax-async backfill FILE --budget ...`` processes (each its own file
+and journal) and one "web" process making 40 interactive creates a second
+(deadline 5 s). Runs twice: clean, and with faults (Redis stopped for 3 s and
+restarted; one backfill member SIGKILLed and started again, resuming from its
+journal). Writes ``benchmarks/FLEET.md``, ``fleet.json`` and ``fleet.png``.
+
+    python -m benchmarks.fleet            # the full run (about 3 minutes)
+    python -m benchmarks.fleet --smoke    # a few seconds, tiny N: the harness runs (CI)
+
+The sandbox runs in a child process of this module (``sandbox-host``) so its
+counters (429s, duplicates, creations) and each request's arrival time can be
+read after the run. Per-member rates come from the Redis log, polled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+KEY = "ndax:budget:default"
+
+
+# -- child processes ----------------------------------------------------------------
+
+
+def sandbox_host(stats_path: str, limit: str) -> None:
+    """Serve a rate-limited sandbox until SIGTERM; then write its counters and arrivals."""
+    from ndax_async.testing import Sandbox
+    from ndax_async.testing.server import serve_forever
+
+    requests, _, seconds = limit.partition("/")
+    arrivals: list[tuple[float, int]] = []
+
+    class CountingSandbox(Sandbox):
+        def handle(self, method: str, target: str, headers: Any, body: bytes, client: str = "local") -> Any:
+            reply = super().handle(method, target, headers, body, client)
+            arrivals.append((time.time(), reply.status))
+            return reply
+
+    sandbox = CountingSandbox(rate_limit=(int(requests), float(seconds)))
+    serve_forever(sandbox, 0, on_ready=lambda line: print(line, flush=True))
+    Path(stats_path).write_text(json.dumps({"stats": sandbox.stats, "arrivals": arrivals}))
+
+
+async def web(out_path: str, rate: float, seconds: float, deadline: float) -> None:
+    """Interactive creates at ``rate``/s for ``seconds``; writes latencies and budget waits."""
+    from ndax_async import AsyncClient, NDAXError
+
+    client = AsyncClient.from_env()
+    budget = client.budget
+    assert budget is not None
+    waits: list[tuple[float, float]] = []
+    acquire = budget.acquire
+
+    async def timed(*args: Any, **kwargs: Any) -> bool:
+        started = time.perf_counter()
+        granted = await acquire(*args, **kwargs)
+        waits.append((time.time(), time.perf_counter() - started))
+        return granted
+
+    budget.acquire = timed  # type: ignore[method-assign]
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    async def signup(n: int) -> None:
+        started = time.perf_counter()
+        try:
+            await client.customers.create(customer(f"web-{n}", n), deadline=deadline)
+            latencies.append(time.perf_counter() - started)
+        except NDAXError as error:
+            failures.append(type(error).__name__)
+
+    async with client:
+        tasks = []
+        start = time.perf_counter()
+        n = 0
+        while time.perf_counter() - start < seconds:
+            tasks.append(asyncio.create_task(signup(n)))
+            n += 1
+            await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
+        await asyncio.gather(*tasks)
+        stats = budget.stats
+        member = getattr(budget, "_member", "")
+    await asyncio.to_thread(
+        Path(out_path).write_text,
+        json.dumps(
+            {
+                "calls": n,
+                "failed": len(failures),
+                "failures": sorted(set(failures)),
+                "latencies": latencies,
+                "waits": waits,
+                "member": member,
+                "fallbacks": stats.fallbacks,
+                "blocks_reported": stats.blocks_reported,
+            }
+        ),
+    )
+
+
+def customer(key: str, n: int) -> dict[str, Any]:
+    """A valid customer, unique per key."""
+    return {
+        "first_name": "Fleet",
+        "last_name": f"Member{key.replace('-', '')}",
+        "email": f"{key}@fleet.example",
+        "address_one": f"{n} Main St.",
+        "city": "Chicago",
+        "state": "IL",
+        "zip": "12345",
+        "country": "United States",
+        "date_of_birth": "1985-09-02",
+        "id_number_type": "ssn",
+        "id_number": f"{key}-{n}",
+        "signed_timestamp": 1603378501286,
+    }
+
+
+# -- the harness ----------------------------------------------------------------------
+
+
+class Redis:
+    """A redis-server on 127.0.0.1 that can be stopped and started on the same port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self.process = subprocess.Popen(command, cwd=self.folder, stdout=subprocess.DEVNULL)
+        for _ in range(500):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+                return
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait()
+            self.process = None
+
+
+class LogPoller(threading.Thread):
+    """Reads the shared Redis log every 0.25 s and keeps every entry seen (member -> time)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
+        self.entries: dict[str, float] = {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.25):
+            try:
+                for member, score in self.client.zrange(KEY, 0, -1, withscores=True):
+                    self.entries.setdefault(member.decode(), score / 1e6)
+            except Exception:  # Redis is down for a moment (the fault scenario)
+                continue
+
+
+def run_fleet(folder: Path, *, rows: int, web_seconds: float, limit: str, faults: bool) -> dict[str, Any]:
+    """One run of the fleet; returns its measurements."""
+    folder.mkdir(parents=True, exist_ok=True)
+    redis_server = Redis(folder)
+    redis_server.start()
+    stats_path = folder / "sandbox.json"
+    host = subprocess.Popen(
+        [PYTHON, "-m", "benchmarks.fleet", "sandbox-host", str(stats_path), "--limit", limit],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=HERE.parent,
+    )
+    assert host.stdout is not None
+    line = host.stdout.readline().split()
+    base_url = line[3]
+    creds = dict(item.split("=", 1) for item in line[4:])
+    env = {
+        **os.environ,
+        "NDAX_API_KEY": creds["api_key"],
+        "NDAX_API_SECRET": creds["api_secret"],
+        "NDAX_PASSPHRASE": creds["passphrase"],
+        "NDAX_BASE_URL": base_url,
+        "NDAX_BUDGET_URL": redis_server.url,
+        "NDAX_BUDGET_LIMIT": limit,
+        "NDAX_BUDGET_MEMBERS": "5",
+    }
+    files = []
+    for m in range(4):
+        path = folder / f"member{m}.jsonl"
+        with path.open("w") as handle:
+            for n in range(rows):
+                key = f"m{m}-{n}"
+                handle.write(json.dumps({"op": "create", "key": key, "data": customer(key, n)}) + "\n")
+        files.append(path)
+
+    def backfill(path: Path) -> subprocess.Popen[bytes]:
+        command = [PYTHON, "-m", "ndax_async.cli", "backfill", str(path), "--concurrency", "16"]
+        log = (folder / f"{path.stem}.log").open("ab")
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent)
+
+    poller = LogPoller(redis_server.url)
+    poller.start()
+    started = time.time()
+    web_out = folder / "web.json"
+    web_process = subprocess.Popen(
+        [PYTHON, "-m", "benchmarks.fleet", "web", str(web_out), "--seconds", str(web_seconds)],
+        env=env,
+        cwd=HERE.parent,
+    )
+    members = [backfill(path) for path in files]
+    events: list[tuple[float, str]] = []
+    if faults:
+        third = web_seconds / 3
+        time.sleep(third)
+        events.append((time.time() - started, "Redis stopped"))
+        redis_server.stop()
+        time.sleep(3.0)
+        redis_server.start()
+        events.append((time.time() - started, "Redis restarted"))
+        time.sleep(third)
+        members[1].send_signal(signal.SIGKILL)
+        members[1].wait()
+        events.append((time.time() - started, "member 1 SIGKILLed"))
+        time.sleep(2.0)
+        members[1] = backfill(files[1])
+        events.append((time.time() - started, "member 1 restarted"))
+    codes = [member.wait() for member in members]
+    web_process.wait()
+    poller.stopped.set()
+    poller.join()
+    host.send_signal(signal.SIGTERM)
+    host.wait()
+    redis_server.stop()
+    sandbox = json.loads(stats_path.read_text())
+    web_result = json.loads(web_out.read_text())
+    return summarize(sandbox, web_result, poller.entries, started, rows, codes, events, limit)
+
+
+def summarize(
+    sandbox: dict[str, Any],
+    web_result: dict[str, Any],
+    entries: dict[str, float],
+    started: float,
+    rows: int,
+    codes: list[int],
+    events: list[tuple[float, str]],
+    limit: str,
+) -> dict[str, Any]:
+    """The figures of one run, and the per-second series for the plot."""
+    requests, _, seconds = limit.partition("/")
+    allowed = int(requests) / float(seconds)
+    stats = sandbox["stats"]
+    arrivals = sorted(t - started for t, _ in sandbox["arrivals"])
+    end = int(arrivals[-1]) + 1 if arrivals else 1
+    total = [0] * end
+    for t in arrivals:
+        total[max(0, int(t))] += 1
+    # Steady state: from the first full window to 2 s before the backfills run dry.
+    last_bulk = max(
+        (t - started for m, t in entries.items() if not m.startswith(web_result["member"])), default=0
+    )
+    steady = total[int(float(seconds)) : max(int(float(seconds)) + 1, int(last_bulk) - 2)]
+    per_member: dict[str, list[int]] = {}
+    for member, t in entries.items():
+        prefix = member.split(":", 1)[0]
+        name = "web" if prefix == web_result["member"] else prefix
+        series = per_member.setdefault(name, [0] * end)
+        second = int(t - started)
+        if 0 <= second < end:
+            series[second] += 1
+    waits = sorted(w for _, w in web_result["waits"])
+    windows = max_in_window([t for t, s in sandbox["arrivals"]], float(seconds))
+    return {
+        "answers_429": stats["rate_limited"],
+        "failed_calls": web_result["failed"] + sum(1 for code in codes if code != 0),
+        "backfill_exit_codes": codes,
+        "web_calls": web_result["calls"],
+        "web_failed": web_result["failed"],
+        "web_failures": web_result["failures"],
+        "customers_created": stats["customers"],
+        "rows_and_signups": 4 * rows + web_result["calls"],
+        "duplicates": stats["duplicates"] + stats["duplicate_payloads"] + stats["conflicts"],
+        "replays": stats["replays"],
+        "requests": sum(stats["requests"].values()),
+        "max_arrivals_in_any_window": windows,
+        "steady_rate": statistics.fmean(steady) if steady else 0.0,
+        "steady_fraction": (statistics.fmean(steady) / allowed) if steady else 0.0,
+        "interactive_wait_p50_ms": 1000 * percentile(waits, 0.50),
+        "interactive_wait_p99_ms": 1000 * percentile(waits, 0.99),
+        "interactive_wait_max_ms": 1000 * (waits[-1] if waits else 0.0),
+        "signup_latency_p50_ms": 1000 * percentile(sorted(web_result["latencies"]), 0.50),
+        "signup_latency_p99_ms": 1000 * percentile(sorted(web_result["latencies"]), 0.99),
+        "events": events,
+        "series": {"total": total, "members": per_member},
+        "wait_series": [(t - started, w) for t, w in web_result["waits"]],
+        "allowed_per_second": allowed,
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile of sorted ``values`` (nearest rank)."""
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The most arrivals in any rolling window (what the platform would count)."""
+    import bisect
+
+    times = sorted(times)
+    return max((i + 1 - bisect.bisect_right(times, t - window) for i, t in enumerate(times)), default=0)
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """Requests per second per member and in total, against the limit; interactive waits below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, len(results), figsize=(7 * len(results), 7), squeeze=False)
+    for column, (name, result) in enumerate(results.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        total = result["series"]["total"]
+        top.plot(range(len(total)), total, color="black", linewidth=2, label="total (sandbox arrivals)")
+        for member, series in sorted(result["series"]["members"].items()):
+            top.plot(range(len(series)), series, linewidth=1, label=member if member == "web" else None)
+        top.axhline(result["allowed_per_second"], color="red", linestyle="--", label="limit (2000/10 s)")
+        for t, what in result["events"]:
+            top.axvline(t, color="grey", linestyle=":")
+            top.text(t, result["allowed_per_second"] * 1.05, what, rotation=90, fontsize=7, va="bottom")
+        top.set_title(f"{name}: requests/s (thin lines: each member)")
+        top.set_ylim(0, result["allowed_per_second"] * 1.4)
+        top.legend(loc="lower left", fontsize=7)
+        waits = result["wait_series"]
+        bottom.scatter([t for t, _ in waits], [1000 * w for _, w in waits], s=2)
+        bottom.set_yscale("log")
+        bottom.set_title("interactive wait for budget (ms, per attempt)")
+        bottom.set_xlabel("seconds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    """FLEET.md."""
+    lines = [
+        "# Fleet benchmark: one budget for 4 backfills and a web process behind one IP",
+        "",
+        f"`python -m benchmarks.fleet` ({'smoke' if args.smoke else 'full'} run): a real redis-server, the",
+        f"served sandbox with `--rate-limit {args.limit}` (429 and a block on one too many), 4 `ndax-async",
+        f"backfill FILE --budget ...` processes ({args.rows} rows each, concurrency 16, their own journals)",
+        f"and one web process making 40 interactive creates/s (deadline 5 s) for {args.seconds:g} s.",
+        "Arrivals, 429s and duplicates are counted by the sandbox; per-member rates come from the Redis log.",
+        "",
+        "| | " + " | ".join(results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
+    rows = [
+        ("answers 429", "answers_429", "{}"),
+        ("failed calls", "failed_calls", "{}"),
+        ("customers created / rows + signups", None, ""),
+        ("duplicates (second person, payload reuse, conflicts)", "duplicates", "{}"),
+        ("replays (a resend answered from the ledger)", "replays", "{}"),
+        ("most arrivals in any rolling window", "max_arrivals_in_any_window", "{}"),
+        ("steady-state fleet rate, share of 200/s", "steady_fraction", "{:.1%}"),
+        ("interactive budget wait p50 / p99 (ms)", None, ""),
+        ("signup latency p50 / p99 (ms)", None, ""),
+    ]
+    for label, key, form in rows:
+        cells = []
+        for result in results.values():
+            if label.startswith("customers"):
+                cells.append(f"{result['customers_created']} / {result['rows_and_signups']}")
+            elif label.startswith("interactive"):
+                cells.append(
+                    f"{result['interactive_wait_p50_ms']:.2f} / {result['interactive_wait_p99_ms']:.2f}"
+                )
+            elif label.startswith("signup"):
+                cells.append(f"{result['signup_latency_p50_ms']:.1f} / {result['signup_latency_p99_ms']:.1f}")
+            else:
+                cells.append(form.format(result[key]))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "![requests per second per member and in total](fleet.png)", ""]
+    for name, result in results.items():
+        if result["events"]:
+            lines.append(
+                f"{name} events (s from start): " + "; ".join(f"{t:.1f} {w}" for t, w in result["events"])
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or one of its child processes)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fleet")
+    parser.add_argument("role", nargs="?", default="harness", choices=["harness", "sandbox-host", "web"])
+    parser.add_argument("out", nargs="?", default="")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, tiny N (CI: the harness runs)")
+    parser.add_argument("--limit", default="2000/10")
+    parser.add_argument("--rows", type=int, default=2700)
+    parser.add_argument("--seconds", type=float, default=70.0)
+    parser.add_argument("--output", default=str(HERE))
+    args = parser.parse_args(argv)
+    if args.role == "sandbox-host":
+        sandbox_host(args.out, args.limit)
+        return 0
+    if args.role == "web":
+        asyncio.run(web(args.out, 40.0, args.seconds, 5.0))
+        return 0
+    if args.smoke:
+        args.limit, args.rows, args.seconds = "200/2", 60, 4.0
+    output = Path(args.output)
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="ndax-fleet-") as folder:
+        for name, faults in (("clean", False), ("faults", True)):
+            results[name] = run_fleet(
+                Path(folder) / name, rows=args.rows, web_seconds=args.seconds, limit=args.limit, faults=faults
+            )
+            brief = {k: v for k, v in results[name].items() if not k.endswith("series")}
+            print(name, json.dumps(brief), flush=True)
+    if args.smoke:
+        return 0
+    (output / "fleet.json").write_text(json.dumps(results, indent=1))
+    (output / "FLEET.md").write_text(report(results, args))
+    plot(results, output / "fleet.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

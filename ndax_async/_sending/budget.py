@@ -1,0 +1,312 @@
+"""A rate budget shared by every request that leaves one source IP.
+
+The platform allows ``N`` requests in any rolling ``W`` seconds per source IP
+and blocks the IP for ``W`` seconds after one too many. A :class:`Budget`
+mirrors that rule with a rolling-window log (one entry per granted attempt,
+never a token bucket, which would admit a burst on top of the rate):
+
+- :class:`BudgetLimit`: ``N``/``W`` less a safety margin (``N_eff``), with a
+  reserve only interactive calls may use (bulk stops at ``N_eff - reserve``)
+  and a cap per one-second sub-window that keeps bulk from taking its whole
+  window in the first instant after a start or a pause.
+- :class:`LocalBudget`: the same rules in one process (and the safe fallback
+  share of :class:`~ndax_async.RedisBudget` while Redis is unreachable).
+- :class:`BudgetStats` and :class:`BudgetWait`: counters and the ``on_wait`` hook.
+
+Every attempt, retries included, takes a slot before it is signed; a wait that
+would outlast the call's deadline fails the call at once instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import random
+from collections.abc import Callable
+from typing import Literal
+
+import attrs
+
+from .._clock import Clock, SystemClock
+
+__all__ = [
+    "BULK",
+    "INTERACTIVE",
+    "Budget",
+    "BudgetLimit",
+    "BudgetStats",
+    "BudgetWait",
+    "LocalBudget",
+    "Priority",
+    "check_priority",
+]
+
+Priority = Literal["interactive", "bulk"]
+INTERACTIVE: Priority = "interactive"
+BULK: Priority = "bulk"
+PRIORITIES: tuple[Priority, ...] = (INTERACTIVE, BULK)
+
+MARGIN_FRACTION = 0.01
+"""Default safety margin: 1% of N (20 of 2,000), from ``benchmarks/FLEET.md``."""
+RESERVE_FRACTION = 0.015
+"""Default interactive reserve: 1.5% of N (30 of 2,000), so bulk alone uses 97.5%."""
+_MAX_SLEEP = 1.0  # re-check at least this often while waiting (a deadline, a mode change)
+_JITTER = 0.001
+
+
+def check_priority(value: str) -> Priority:
+    """``value`` as a :data:`Priority`; ``ValueError`` for anything else."""
+    if value == INTERACTIVE:
+        return INTERACTIVE
+    if value == BULK:
+        return BULK
+    raise ValueError(f"priority must be 'interactive' or 'bulk', not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class BudgetLimit:
+    """At most ``requests`` per rolling ``window`` seconds, less a safety margin.
+
+    ``margin`` (default 1% of ``requests``) covers requests granted inside a
+    window that arrive just after it; ``reserve`` (default 1.5%) is the room
+    only interactive calls may use. Bulk calls are also capped per rolling
+    ``sub_window`` at ``smoothing`` times their share of the rate (1.0: a
+    larger factor fills the window early and then leaves a gap in which
+    nothing expires, which interactive calls then wait out: measured in
+    ``benchmarks/FLEET.md``).
+    """
+
+    requests: int = 2000
+    window: float = 10.0
+    margin: int | None = None
+    reserve: int | None = None
+    sub_window: float = 1.0
+    smoothing: float = 1.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.requests < 1 or self.window <= 0:
+            raise ValueError("a budget limit needs requests >= 1 and window > 0")
+        if self.bulk_ceiling < 1:
+            raise ValueError("margin + reserve leave bulk calls no room")
+        if not 0 < self.sub_window <= self.window or self.smoothing < 1:
+            raise ValueError("sub_window must be in (0, window] and smoothing >= 1")
+
+    @classmethod
+    def parse(cls, text: str) -> BudgetLimit:
+        """``"2000/10"`` (requests per seconds; seconds default to 10)."""
+        requests, _, seconds = text.strip().partition("/")
+        try:
+            return cls(requests=int(requests), window=float(seconds or 10))
+        except ValueError:
+            raise ValueError(f"a budget limit looks like 2000/10, not {text!r}") from None
+
+    @property
+    def interactive_ceiling(self) -> int:
+        """``N_eff``: interactive calls are granted while the window holds fewer."""
+        margin = math.ceil(self.requests * MARGIN_FRACTION) if self.margin is None else self.margin
+        return self.requests - margin
+
+    @property
+    def bulk_ceiling(self) -> int:
+        """``N_eff - reserve``: bulk calls are granted while the window holds fewer."""
+        reserve = math.ceil(self.requests * RESERVE_FRACTION) if self.reserve is None else self.reserve
+        return self.interactive_ceiling - reserve
+
+    @property
+    def bulk_per_sub_window(self) -> int:
+        """The bulk cap per rolling ``sub_window``."""
+        return max(1, math.ceil(self.bulk_ceiling * self.sub_window / self.window * self.smoothing))
+
+    def ceiling(self, priority: Priority) -> int:
+        """The window count below which ``priority`` is granted."""
+        return self.interactive_ceiling if priority == INTERACTIVE else self.bulk_ceiling
+
+    def share(self, requests: int) -> BudgetLimit:
+        """This limit scaled down to ``requests`` per window (a member's fallback share)."""
+        requests = max(2, requests)
+        reserve = self.interactive_ceiling - self.bulk_ceiling
+        return attrs.evolve(
+            self,
+            requests=requests,
+            margin=0,
+            reserve=min(requests - 1, math.ceil(reserve * requests / self.interactive_ceiling)),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.window:g}s"
+
+
+@attrs.frozen(kw_only=True)
+class BudgetWait:
+    """Passed to ``on_wait`` after a call waited for budget (or gave up waiting)."""
+
+    priority: Priority
+    seconds: float
+    reason: Literal["window", "pause"]
+    granted: bool
+    """False when the wait would have outlasted the call's deadline."""
+
+
+@attrs.define
+class BudgetStats:
+    """What a budget did, for an app to read (``budget.stats``)."""
+
+    mode: Literal["redis", "local"] = "local"
+    grants: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(PRIORITIES, 0))
+    waits: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(PRIORITIES, 0))
+    wait_seconds: dict[str, float] = attrs.Factory(lambda: dict.fromkeys(PRIORITIES, 0.0))
+    max_wait: dict[str, float] = attrs.Factory(lambda: dict.fromkeys(PRIORITIES, 0.0))
+    deadline_failures: int = 0
+    pauses: int = 0
+    """Waits for a shared 429 pause."""
+    blocks_reported: int = 0
+    """429 answers this member reported to the budget."""
+    fallbacks: int = 0
+    """Times this member lost Redis and fell back to its local share."""
+
+
+class Budget:
+    """The interface every budget offers; subclasses implement :meth:`_try`.
+
+    ``await acquire(priority, remaining)`` waits for a slot and returns True, or
+    returns False at once when the wait would outlast ``remaining`` seconds.
+    ``report_block(seconds)`` records a 429: every member waits it out.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, on_wait: Callable[[BudgetWait], None] | None = None):
+        self.clock: Clock = clock or SystemClock()
+        self.on_wait = on_wait
+        self.stats = BudgetStats()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def acquire(self, priority: Priority = INTERACTIVE, remaining: float | None = None) -> bool:
+        """Take a slot for one attempt; False if the deadline (``remaining`` s) comes first."""
+        clock = self.clock
+        started = clock.monotonic()
+        # One waiter per class per process talks to the budget; the rest queue
+        # here, so an expiring slot wakes one task per member, not every task.
+        lock = self._locks.get(priority) or self._locks.setdefault(priority, asyncio.Lock())
+        if lock.locked() and remaining is not None:
+            try:
+                await asyncio.wait_for(lock.acquire(), max(remaining, 0.0))
+            except asyncio.TimeoutError:
+                return self._gave_up(priority, clock.monotonic() - started, "window")
+        else:
+            await lock.acquire()
+        try:
+            reason: Literal["window", "pause"] | None = None  # set once told to wait
+            while True:
+                wait, pause = await self._try(priority)
+                waited = clock.monotonic() - started
+                if wait <= 0:
+                    self.stats.grants[priority] += 1
+                    if reason is not None:
+                        self._waited(priority, waited, reason)
+                    return True
+                reason = "pause" if pause or reason == "pause" else "window"
+                if remaining is not None and waited + wait >= remaining:
+                    return self._gave_up(priority, waited, reason)
+                await clock.sleep(min(wait, _MAX_SLEEP) + random.uniform(0, _JITTER))  # noqa: S311
+        finally:
+            lock.release()
+
+    async def report_block(self, seconds: float) -> None:
+        """A 429 arrived: the platform blocks the IP for ``seconds``; pause every member."""
+        self.stats.blocks_reported += 1
+
+    async def aclose(self) -> None:
+        """Release what the budget holds (connections, tasks). Idempotent."""
+
+    async def _try(self, priority: Priority) -> tuple[float, bool]:
+        """Grant a slot (``(0, False)``) or say how long to wait and whether for a pause."""
+        raise NotImplementedError
+
+    def _waited(self, priority: Priority, seconds: float, reason: Literal["window", "pause"]) -> None:
+        stats = self.stats
+        stats.waits[priority] += 1
+        stats.wait_seconds[priority] += seconds
+        stats.max_wait[priority] = max(stats.max_wait[priority], seconds)
+        if reason == "pause":
+            stats.pauses += 1
+        if self.on_wait is not None:
+            self.on_wait(BudgetWait(priority=priority, seconds=seconds, reason=reason, granted=True))
+
+    def _gave_up(self, priority: Priority, seconds: float, reason: Literal["window", "pause"]) -> bool:
+        self.stats.deadline_failures += 1
+        if self.on_wait is not None:
+            self.on_wait(BudgetWait(priority=priority, seconds=seconds, reason=reason, granted=False))
+        return False
+
+
+class WindowLog:
+    """The rolling-window rule over one process's own grant times (monotonic seconds)."""
+
+    __slots__ = ("blocked_until", "limit", "times")
+
+    def __init__(self, limit: BudgetLimit) -> None:
+        self.limit = limit
+        self.times: list[float] = []
+        self.blocked_until = float("-inf")
+
+    def wait(self, priority: Priority, now: float) -> tuple[float, bool]:
+        """Seconds until ``priority`` may be granted at ``now`` (0: now), and whether for a pause."""
+        if self.blocked_until > now:
+            return self.blocked_until - now, True
+        limit, times = self.limit, self.times
+        del times[: bisect.bisect_right(times, now - limit.window)]
+        count, ceiling = len(times), limit.ceiling(priority)
+        wait = times[count - ceiling] + limit.window - now if count >= ceiling else 0.0
+        if priority == BULK:
+            recent = count - bisect.bisect_right(times, now - limit.sub_window)
+            cap = limit.bulk_per_sub_window
+            if recent >= cap:
+                wait = max(wait, times[count - cap] + limit.sub_window - now)
+        return wait, False
+
+    def record(self, now: float) -> None:
+        """Add a grant at ``now`` (never earlier than the last one)."""
+        self.times.append(max(now, self.times[-1]) if self.times else now)
+
+    def recent(self, now: float) -> list[float]:
+        """The ages (seconds) of the grants still inside the window."""
+        return [now - t for t in self.times if t > now - self.limit.window]
+
+    def block(self, until: float) -> None:
+        """Pause every grant until ``until`` (only ever extends)."""
+        self.blocked_until = max(self.blocked_until, until)
+
+
+class LocalBudget(Budget):
+    """The rolling-window budget within one process (no Redis).
+
+    Use it to share one limit between several clients in a process, or in
+    tests (inject ``clock``). :class:`~ndax_async.RedisBudget` uses one as its
+    safe share while Redis is unreachable.
+    """
+
+    def __init__(
+        self,
+        limit: BudgetLimit | str | None = None,
+        *,
+        clock: Clock | None = None,
+        on_wait: Callable[[BudgetWait], None] | None = None,
+    ) -> None:
+        super().__init__(clock=clock, on_wait=on_wait)
+        self.limit = BudgetLimit.parse(limit) if isinstance(limit, str) else limit or BudgetLimit()
+        self.log = WindowLog(self.limit)
+
+    async def _try(self, priority: Priority) -> tuple[float, bool]:
+        now = self.clock.monotonic()
+        wait, pause = self.log.wait(priority, now)
+        if wait <= 0:
+            self.log.record(now)
+        return wait, pause
+
+    async def report_block(self, seconds: float) -> None:
+        """Pause every call on this budget for ``seconds``."""
+        await super().report_block(seconds)
+        self.log.block(self.clock.monotonic() + seconds)
+
+    def __repr__(self) -> str:
+        return f"<LocalBudget {self.limit}>"
