@@ -279,7 +279,8 @@ class _Call:
         if self.attempts > self.policy.max_retries:
             return False  # out of attempts anyway: spend nothing from the shared budget
         quota = self.quota
-        spent = quota.spend(timeout=isinstance(outcome.error, httpx.TimeoutException)) if quota is not None else 0
+        timed_out = isinstance(outcome.error, httpx.TimeoutException)
+        spent = quota.spend(timeout=timed_out) if quota is not None else 0
         if quota is not None and not spent:
             logger.warning(
                 "retry budget exhausted: not retrying %s %s (request_id=%s)",
