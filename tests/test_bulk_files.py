@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from ndax_async.bulk import Operation, RowError
-from ndax_async.bulk.rows import read_operations
+from ndax_async.bulk.rows import count_rows, read_operations
 from ndax_async.testing import Faults, Sandbox, SandboxServer
 
 from .bulk_helpers import batch, creates
-from .helpers import customer_wire
+from .helpers import customer_wire, minor_wire
 
 
 async def test_files_stream_jsonl_and_csv_with_line_numbers(tmp_path: Path) -> None:
@@ -213,3 +213,69 @@ def test_backfill_cli_dry_run_and_report(tmp_path: Path, capsys: pytest.CaptureF
     assert "could not be opened" in out
     assert "run the same command again to resume" in out
     assert sandbox.stats["creations"] == 2
+
+
+async def test_csv_rows_may_hold_newlines_anywhere_and_keep_their_file_line_numbers(tmp_path: Path) -> None:
+    """One csv reader over the whole file: a quoted cell with newlines is one row wherever it
+    falls (here across every 512-line mark, the old reader's batch), and each row's line is
+    the file line it starts on."""
+    header = "op,key,participant_code,platform_updated_at,address_one,city"
+    lines = [header]
+    starts: dict[str, int] = {}
+    multi_line = '"12 Main Road\nFlat 3\nBlock ""B"""'
+    for n in range(1200):
+        start = starts[f"u{n}"] = len(lines) + 1
+        address = multi_line if n % 7 == 3 or start % 512 >= 510 else "1 Road"  # across each 512th line
+        lines.extend(f"update,u{n},P{n},1700000000000,{address},Pune".split("\n"))
+    path = tmp_path / "ops.csv"
+    path.write_text("\n".join(lines) + "\n")
+    assert len(lines) > 3 * 512
+
+    items = [item async for item in read_operations(path)]
+    assert [type(item).__name__ for item in items] == ["Operation"] * 1200
+    assert {item.key: item.line for item in items} == starts
+    multi = [item for item in items if isinstance(item, Operation) and "\n" in item.data["address_one"]]
+    assert len(multi) >= 170
+    assert multi[0].data["address_one"] == '12 Main Road\nFlat 3\nBlock "B"'
+    assert count_rows(path) == 1200
+
+
+def test_dry_run_makes_the_checks_a_real_run_makes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An update whose participant_code the run refuses (``bad/code``), a key used twice and
+    a bad pinned request_id are invalid in the dry run too; a minor naming its custodian by
+    key is checked as the run checks it."""
+    from ndax_async.cli import main
+
+    update = {"platform_updated_at": 1700000000000, "first_name": "Jo", "last_name": "Smyth"}
+    rows = [
+        *creates(2),
+        {"op": "update", "key": "u1", "participant_code": "bad/code", "data": update},
+        {"op": "update", "key": "u2", "participant_code": "GOOD01", "data": update},
+        {"op": "create", "key": "c0", "data": customer_wire(email="again@mail.com", id_number="A")},
+        {"op": "update", "key": "u3", "participant_code": "GOOD02", "data": {**update, "request_id": "nope"}},
+        {
+            "op": "create_minor",
+            "key": "m1",
+            "data": {**minor_wire(custodian_participant_code=None), "custodian_key": "c1"},
+        },
+    ]
+    source = tmp_path / "ops.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["backfill", str(source), "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert "line 3 key u1: participant_code: must be URL-safe" in out
+    assert "line 5 key c0: key 'c0' is used more than once" in out
+    assert "line 6 key u3: request_id: must be a version-4 UUID" in out
+    assert "dry run: 7 rows checked, 4 valid, 3 invalid; nothing sent" in out
+
+    sandbox = Sandbox()  # the real run refuses the very same rows
+    with SandboxServer(sandbox) as server, pytest.MonkeyPatch.context() as patch:
+        for name, value in sandbox.credentials.items():
+            patch.setenv(f"NDAX_{name.upper()}", value)
+        patch.setenv("NDAX_BASE_URL", server.base_url)
+        main(["backfill", str(source), "--rate", "0"])
+    results = [json.loads(line) for line in (tmp_path / "ops.jsonl.results.jsonl").read_text().splitlines()]
+    refused = {r["key"] for r in results if r["reason"] in ("validation", "bad_row")}
+    assert refused == {"u1", "c0", "u3"}
