@@ -42,15 +42,16 @@ from .._sending.transport import CallScope
 from .._wire.writes import PreparedWrite
 from ..client import AsyncClient
 from ..errors import APIError, JournalError, TransportError, ValidationError
-from .journal import Journal, JournalEntry
+from .journal import Journal
 from .results import (
     OP_KINDS,
     BulkSummary,
     Operation,
     OperationResult,
     RowError,
-    duplicate_key,
+    duplicate,
     failure_reason,
+    skipped,
 )
 
 __all__ = ["DEFAULT_RATE", "Bulk", "prepare_operation"]
@@ -292,17 +293,17 @@ class Bulk:
             problems = "; ".join(str(p) for p in error.problems)
             return await self._fail_unsent(op.key, op.op, op.line, "validation", problems)
         if self.journal is None:
-            if (duplicate := self._remember(op.key, op.op, op.line)) is not None:
-                return duplicate
+            if (repeated := self._remember(op.key, op.op, op.line)) is not None:
+                return repeated
             return await self._send(op, prepared, resent=False)
         # Durably "sending" before the first byte leaves, in one round trip for a new row.
         entry = await self.journal.claim(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
         if entry is None:
             return await self._send(op, prepared, resent=False)
         if entry.run_id == self.journal.run_id:
-            return _duplicate(op.key, op.op, op.line, first_line=entry.line)
+            return duplicate(op.key, op.op, op.line, first_line=entry.line)
         if entry.state == "succeeded":
-            return _skipped(op.key, op.op, op.line, entry)
+            return skipped(op.key, op.op, op.line, entry)
         if entry.request_id and entry.payload_hash == prepared.payload_hash:
             prepared = prepared.with_request_id(entry.request_id)  # the id an earlier run sent it with
         await self.journal.sending(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
@@ -311,7 +312,7 @@ class Bulk:
     def _remember(self, key: str, op: str | None, line: int | None) -> OperationResult | None:
         """Without a journal: note ``key``'s first use; a failed result if it was used before."""
         if key in self._lines:
-            return _duplicate(key, op, line, first_line=self._lines[key])
+            return duplicate(key, op, line, first_line=self._lines[key])
         self._lines[key] = line
         return None
 
@@ -325,14 +326,14 @@ class Bulk:
         earlier run (then the operation is ``skipped``, as if it were valid).
         """
         if key is not None and self.journal is None:
-            if (duplicate := self._remember(key, op, line)) is not None:
-                return duplicate
+            if (repeated := self._remember(key, op, line)) is not None:
+                return repeated
         elif key is not None and self.journal is not None:
             entry = await self.journal.get(key)
             if entry is not None and entry.run_id == self.journal.run_id:
-                return _duplicate(key, op, line, first_line=entry.line)
+                return duplicate(key, op, line, first_line=entry.line)
             if entry is not None and entry.state == "succeeded":
-                return _skipped(key, op, line, entry)
+                return skipped(key, op, line, entry)
         return await self._record_failure(key, op, line, reason, error)
 
     async def _send(self, op: Operation, prepared: PreparedWrite, *, resent: bool) -> OperationResult:
@@ -390,24 +391,6 @@ class Bulk:
                 attempts=result.attempts,
             )
         return result
-
-
-def _skipped(key: str, op: str | None, line: int | None, entry: JournalEntry) -> OperationResult:
-    """An operation an earlier run completed, per the journal."""
-    return OperationResult(
-        key=key,
-        op=op,
-        outcome="skipped",
-        line=line,
-        participant_code=entry.participant_code,
-        request_id=entry.request_id,
-    )
-
-
-def _duplicate(key: str, op: str | None, line: int | None, *, first_line: int | None) -> OperationResult:
-    """A key used a second time in one run: reported, never sent, never journaled."""
-    error = duplicate_key(key, first_line)
-    return OperationResult(key=key, op=op, outcome="failed", line=line, reason="bad_row", error=error)
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

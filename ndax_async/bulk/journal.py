@@ -11,8 +11,7 @@ Every call is one SQLite transaction on one thread of the journal's own
 (a single-thread executor), so calls are committed in the order they are
 made and the event loop never waits on the disk. At the platform's rate
 (200 requests/s per IP) that is a few hundred small commits a second, far
-below what SQLite in WAL mode does; the measurements are in
-``benchmarks/README.md``.
+below what SQLite in WAL mode does (``benchmarks/bulk.py`` measures it).
 
 If a transaction fails (disk full, file removed, locked for too long), the
 journal stops: that call and every later one raise

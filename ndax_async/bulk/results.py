@@ -16,8 +16,20 @@ from ..errors import (
     ParticipantExistsError,
     TransportError,
 )
+from .journal import JournalEntry
 
-__all__ = ["OP_KINDS", "BulkSummary", "OpKind", "Operation", "OperationResult", "RowError", "failure_reason"]
+__all__ = [
+    "OP_KINDS",
+    "BulkSummary",
+    "OpKind",
+    "Operation",
+    "OperationResult",
+    "RowError",
+    "duplicate",
+    "duplicate_key",
+    "failure_reason",
+    "skipped",
+]
 
 OpKind = Literal["create", "create_minor", "update"]
 OP_KINDS: tuple[str, ...] = ENDPOINTS
@@ -159,3 +171,21 @@ def duplicate_key(key: str, first_line: int | None) -> str:
     """Why a key used a second time in one run is refused (never sent)."""
     where = f" (first on line {first_line})" if first_line is not None else ""
     return f"key {key!r} is used more than once in this run{where}; this one was not sent"
+
+
+def duplicate(key: str, op: str | None, line: int | None, *, first_line: int | None) -> OperationResult:
+    """A key used a second time in one run: reported, never sent, never journaled."""
+    error = duplicate_key(key, first_line)
+    return OperationResult(key=key, op=op, outcome="failed", line=line, reason="bad_row", error=error)
+
+
+def skipped(key: str, op: str | None, line: int | None, entry: JournalEntry) -> OperationResult:
+    """An operation an earlier run completed, per the journal."""
+    return OperationResult(
+        key=key,
+        op=op,
+        outcome="skipped",
+        line=line,
+        participant_code=entry.participant_code,
+        request_id=entry.request_id,
+    )
