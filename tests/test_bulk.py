@@ -389,3 +389,13 @@ def test_memory_stays_bounded_for_a_streamed_run(tmp_path: Path) -> None:
 
     small, large = peak_kib(2_000), peak_kib(12_000)
     assert large - small < 3 * 1024, f"peak RSS grew {large - small} KiB for 10,000 more operations"
+
+
+async def test_a_runs_own_rate_limit_waits_on_the_clock_it_is_given() -> None:
+    clock = FakeClock()
+    sandbox = Sandbox(clock=clock.time)
+    async with sandbox.client(clock=clock) as client:
+        engine = Bulk(client, concurrency=4, rate=10, clock=clock)
+        summary = await engine.run_all(operations(creates(21)))
+    assert summary.succeeded == 21
+    assert clock.monotonic() == pytest.approx(2.0)  # 21 requests at 10/s, the first one free
