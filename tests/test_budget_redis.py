@@ -264,7 +264,7 @@ def test_progress_line_shows_the_budget() -> None:
 
     from ndax_async import LocalBudget
     from ndax_async.bulk import BulkSummary
-    from ndax_async.cli.backfill import _Progress
+    from ndax_async.cli.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -275,7 +275,7 @@ def test_progress_line_shows_the_budget() -> None:
     budget.stats.waits["bulk"] = 3
     budget.stats.pauses = 1
     stream = Terminal()
-    _Progress(100, stream=stream, budget=budget).update(BulkSummary(), final=True)
+    Progress(100, stream=stream, budget=budget).update(BulkSummary(), final=True)
     line = stream.getvalue()
     assert "/200 req/s, waits 3" in line
     assert "pauses 1, local" in line

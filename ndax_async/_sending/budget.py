@@ -174,6 +174,9 @@ class Budget:
     ``report_block(seconds)`` records a 429: every member waits it out.
     """
 
+    limit: BudgetLimit
+    """The rule this budget keeps (set by each subclass)."""
+
     def __init__(self, *, clock: Clock | None = None, on_wait: Callable[[BudgetWait], None] | None = None):
         self.clock: Clock = clock or SystemClock()
         self.on_wait = on_wait

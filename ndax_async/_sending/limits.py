@@ -4,9 +4,11 @@
   bulk run stays under the platform's 2,000 requests per 10 seconds per IP. It
   hands out time slots, so waiters sleep exactly once and never spin or block
   the event loop.
-- :class:`RetryQuota` is a shared budget of retries (after botocore's retry
-  quota): each retry spends tokens, each success earns one back, and when the
-  budget is spent operations fail fast instead of hammering a failing server.
+- :class:`RetryQuota` is a shared budget of retries (botocore's retry quota
+  and its refund rule): each retry spends tokens; a call that succeeds after
+  retrying gives back everything its retries spent, and a first-try success
+  earns one token. When the budget is spent, operations fail fast instead of
+  hammering a failing server.
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ class RateLimiter:
 
 
 class RetryQuota:
-    """A token bucket of retries shared by every call that uses it."""
+    """A token bucket of retries shared by every call that uses it.
+
+    A retry costs ``retry_cost`` tokens (``timeout_cost`` after a timeout).
+    When the call then succeeds, the whole cost of its retries comes back
+    (:meth:`refund` with what :meth:`spend` took); a success at the first try
+    earns ``success_refund``. So a sustained fault rate that retries recover
+    from never drains the budget; only retries that end in failure do.
+    """
 
     def __init__(
         self, capacity: int = 500, retry_cost: int = 5, timeout_cost: int = 10, success_refund: int = 1
@@ -59,17 +68,18 @@ class RetryQuota:
         """Tokens left."""
         return self._tokens
 
-    def spend(self, timeout: bool = False) -> bool:
-        """Take the cost of one retry; False (and no retry) when the budget is spent."""
+    def spend(self, timeout: bool = False) -> int:
+        """Take the cost of one retry and return it; 0 (no retry) when the budget is spent."""
         cost = self.timeout_cost if timeout else self.retry_cost
         with self._lock:
             if self._tokens < cost:
                 self.exhausted += 1
-                return False
+                return 0
             self._tokens -= cost
-            return True
+            return cost
 
-    def refund(self) -> None:
-        """A call succeeded: earn a token back (up to capacity)."""
+    def refund(self, spent: int = 0) -> None:
+        """A call succeeded: give back what its retries ``spent``, or earn
+        ``success_refund`` if it made none (up to capacity)."""
         with self._lock:
-            self._tokens = min(self.capacity, self._tokens + self.success_refund)
+            self._tokens = min(self.capacity, self._tokens + (spent or self.success_refund))

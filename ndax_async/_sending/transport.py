@@ -134,7 +134,7 @@ class Transport:
             outcome = await retrying(call.first_then_attempt)
         if outcome.response is not None:
             if call.quota is not None and outcome.response.status_code < 400:
-                call.quota.refund()
+                call.quota.refund(call.spent)  # a retried success gives back all its retries took
             return outcome.response, call.attempts
         # Not chained: the httpx error holds the signed request and its headers.
         raise _transport_error(outcome.error, request_id, call.attempts) from None
@@ -174,6 +174,7 @@ class _Call:
         "request_id",
         "route",
         "scope",
+        "spent",
         "started",
         "timeout",
         "transport",
@@ -204,6 +205,7 @@ class _Call:
         self.timeout = timeout
         self.started = transport.clock.monotonic()
         self.attempts = 0
+        self.spent = 0  # retry-quota tokens this call's retries took
         self.first_outcome: Outcome | None = None
 
     def _remaining(self) -> float | None:
@@ -293,7 +295,9 @@ class _Call:
         if self.attempts > self.policy.max_retries:
             return False  # out of attempts anyway: spend nothing from the shared budget
         quota = self.quota
-        if quota is not None and not quota.spend(timeout=isinstance(outcome.error, httpx.TimeoutException)):
+        timed_out = isinstance(outcome.error, httpx.TimeoutException)
+        spent = quota.spend(timeout=timed_out) if quota is not None else 0
+        if quota is not None and not spent:
             logger.warning(
                 "retry budget exhausted: not retrying %s %s (request_id=%s)",
                 self.method,
@@ -301,6 +305,7 @@ class _Call:
                 self.request_id,
             )
             return False
+        self.spent += spent
         return True
 
     def wait(self, state: RetryCallState) -> float:

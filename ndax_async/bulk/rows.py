@@ -8,27 +8,31 @@ A JSON Lines row is one operation::
 
 A CSV file has a header with ``op``, ``key``, ``participant_code``,
 ``custodian_key`` and any wire fields as further columns; blank cells are
-absent, ``metadata`` holds JSON, ``prefunded`` holds true/false.
+absent, ``metadata`` holds JSON, ``prefunded`` holds true/false. One
+:mod:`csv` reader reads the whole file, so a quoted cell may hold newlines
+anywhere; a row's line is the file line it starts on.
 
-A row that cannot be read becomes a :class:`~ndax_async.bulk.RowError` with
-its line number; it never stops the run.
+The file is read on a worker thread, a batch of rows at a time, so memory
+stays bounded and the event loop never waits on the disk. A row that cannot
+be read becomes a :class:`~ndax_async.bulk.RowError` with its line number;
+it never stops the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
-import io
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from .engine import OP_KINDS, Operation, RowError
+from .results import OP_KINDS, Operation, RowError
 
-__all__ = ["count_rows", "read_operations"]
+__all__ = ["count_rows", "parse_json_line", "read_operations"]
 
-_BATCH = 512
+BATCH = 512  # rows read per trip to the worker thread
 _CSV_SPECIAL = ("op", "key", "participant_code", "custodian_key")
 
 
@@ -43,6 +47,22 @@ def parse_json_line(line: str, number: int) -> Operation | RowError | None:
     if not isinstance(row, dict):
         return RowError(line=number, reason="a row must be a JSON object")
     return _operation(row, number)
+
+
+def parse_csv_record(header: list[str], record: list[str], number: int) -> Operation | RowError:
+    """One CSV record (its cells, after the ``header``) starting on line ``number``."""
+    if len(record) != len(header):
+        return RowError(line=number, reason=f"expected {len(header)} columns, found {len(record)}")
+    cells = {name: value for name, value in zip(header, record, strict=True) if value != ""}
+    data: dict[str, Any] = {k: v for k, v in cells.items() if k not in _CSV_SPECIAL}
+    if "metadata" in data:
+        try:
+            data["metadata"] = json.loads(data["metadata"])
+        except ValueError:
+            return RowError(line=number, key=cells.get("key"), reason="'metadata' is not valid JSON")
+    if "prefunded" in data:
+        data["prefunded"] = {"true": True, "false": False}.get(data["prefunded"].lower(), data["prefunded"])
+    return _operation({**{k: cells[k] for k in _CSV_SPECIAL if k in cells}, "data": data}, number)
 
 
 def _operation(row: dict[str, Any], number: int) -> Operation | RowError:
@@ -72,72 +92,61 @@ def _operation(row: dict[str, Any], number: int) -> Operation | RowError:
     )
 
 
-def _csv_rows(lines: list[str], header: list[str], first: int) -> Iterator[Operation | RowError]:
-    for offset, record in enumerate(csv.reader(io.StringIO("".join(lines)))):
-        number = first + offset
-        if not record:
-            continue
-        if len(record) != len(header):
-            yield RowError(line=number, reason=f"expected {len(header)} columns, found {len(record)}")
-            continue
-        cells = {name: value for name, value in zip(header, record, strict=True) if value != ""}
-        data: dict[str, Any] = {k: v for k, v in cells.items() if k not in _CSV_SPECIAL}
+def _json_rows(handle: Any) -> Iterator[Operation | RowError]:
+    for number, line in enumerate(handle, 1):
+        parsed = parse_json_line(line, number)
+        if parsed is not None:
+            yield parsed
+
+
+def _csv_rows(handle: Any) -> Iterator[Operation | RowError]:
+    reader = csv.reader(handle)
+    header: list[str] | None = None
+    start = 1  # the line the next record starts on
+    while True:
         try:
-            if "metadata" in data:
-                data["metadata"] = json.loads(data["metadata"])
-        except ValueError:
-            yield RowError(line=number, key=cells.get("key"), reason="'metadata' is not valid JSON")
-            continue
-        if "prefunded" in data:
-            data["prefunded"] = {"true": True, "false": False}.get(
-                data["prefunded"].lower(), data["prefunded"]
-            )
-        yield _operation({**{k: cells[k] for k in _CSV_SPECIAL if k in cells}, "data": data}, number)
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:  # e.g. a quote never closed: the rest of the file is that cell
+            yield RowError(line=start, reason=f"malformed CSV: {error}")
+            return
+        number, start = start, reader.line_num + 1
+        if not record:
+            continue  # a blank line
+        if header is None:
+            header = record
+        else:
+            yield parse_csv_record(header, record, number)
+
+
+def _take(rows: Iterator[Operation | RowError], count: int) -> list[Operation | RowError]:
+    return list(itertools.islice(rows, count))
 
 
 async def read_operations(path: str | Path) -> AsyncIterator[Operation | RowError]:
-    """Stream the operations of a ``.jsonl`` or ``.csv`` file, in batches read on a thread."""
+    """Stream the operations of a ``.jsonl`` or ``.csv`` file, :data:`BATCH` rows per
+    trip to a worker thread."""
     is_csv = str(path).lower().endswith(".csv")
     handle = await asyncio.to_thread(open, path, encoding="utf-8", errors="replace", newline="")
     try:
-        header: list[str] | None = None
-        number = 0
-        while True:
-            lines = await asyncio.to_thread(_read_batch, handle)
-            if not lines:
-                return
-            if is_csv:
-                if header is None:
-                    header = next(csv.reader([lines.pop(0)]), [])
-                    number += 1
-                    if not lines:
-                        continue
-                for item in _csv_rows(lines, header, number + 1):
-                    yield item
-            else:
-                for offset, line in enumerate(lines):
-                    parsed = parse_json_line(line, number + offset + 1)
-                    if parsed is not None:
-                        yield parsed
-            number += len(lines)
+        rows = _csv_rows(handle) if is_csv else _json_rows(handle)
+        while batch := await asyncio.to_thread(_take, rows, BATCH):
+            for row in batch:
+                yield row
     finally:
         await asyncio.to_thread(handle.close)
 
 
-def _read_batch(handle: io.TextIOBase) -> list[str]:
-    lines = []
-    for _ in range(_BATCH):
-        line = handle.readline()
-        if not line:
-            break
-        lines.append(line)
-    return lines
-
-
 def count_rows(path: str | Path) -> int:
-    """Count the rows of a file (blocking: call it on a thread)."""
-    total = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            total += chunk.count(b"\n")
-    return total - (1 if str(path).lower().endswith(".csv") else 0)
+    """Count the rows of a file, blank lines and a CSV header aside (blocking: call it on a thread)."""
+    rows = 0
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        if not str(path).lower().endswith(".csv"):
+            return sum(1 for line in handle if line.strip())
+        try:
+            for record in csv.reader(handle):
+                rows += bool(record)
+        except csv.Error:
+            pass  # read_operations reports it as a row error; this is only a progress total
+    return max(rows - 1, 0)  # the header

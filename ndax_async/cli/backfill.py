@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from .._sending.budget import Budget
-from ..bulk.engine import Bulk, BulkSummary, Operation, OperationResult, RowError
+from .._wire.writes import prepare_write
+from ..bulk import Bulk, Journal, Operation, OperationResult, RowError, prepare_operation
+from ..bulk.results import duplicate_key
 from ..bulk.rows import count_rows, read_operations
 from ..client import AsyncClient
 from ..errors import JournalError, ValidationError
+from .progress import Progress
 
 __all__ = ["backfill", "dry_run", "report"]
 
@@ -53,51 +53,6 @@ class _ResultsFile:
         self._executor.shutdown(wait=True)
 
 
-class _Progress:
-    """A one-line progress bar on stderr: done/total, rate, ETA, failures."""
-
-    def __init__(self, total: int, stream: TextIO | None = None, budget: Budget | None = None) -> None:
-        self.total = max(total, 1)
-        self.stream = stream or sys.stderr  # looked up now: sys.stderr may be replaced
-        self.enabled = self.stream is not None and self.stream.isatty()
-        self._last = 0.0
-        self._budget = budget
-        self._grants = (0, time.monotonic())
-
-    def update(self, summary: BulkSummary, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self._last < 0.2):
-            return
-        self._last = now
-        done = summary.total
-        fraction = min(1.0, done / self.total)
-        bar = "#" * int(fraction * 30)
-        rate = summary.rate
-        eta = (self.total - done) / rate if rate > 0 else 0
-        self.stream.write(
-            f"\r[{bar:<30}] {done}/{self.total} {fraction:6.1%} {rate:6.0f} ops/s"
-            f" ETA {int(eta // 60)}m{int(eta % 60):02d}s failed {summary.failed}{self._budget_use(now)}"
-        )
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
-
-    def _budget_use(self, now: float) -> str:
-        """`` budget 195/200 req/s, waits 12 (3.1s), pauses 0, redis`` (empty without a budget)."""
-        if self._budget is None:
-            return ""
-        stats, limit = self._budget.stats, getattr(self._budget, "limit", None)
-        grants = sum(stats.grants.values())
-        (before, then), self._grants = self._grants, (grants, now)
-        per_second = (grants - before) / (now - then) if now > then else 0.0
-        allowed = f"/{limit.requests / limit.window:.0f}" if limit is not None else ""
-        waits = sum(stats.waits.values())
-        return (
-            f" | budget {per_second:.0f}{allowed} req/s, waits {waits}"
-            f" ({sum(stats.wait_seconds.values()):.1f}s), pauses {stats.pauses}, {stats.mode}"
-        )
-
-
 async def backfill(
     path: Path,
     *,
@@ -111,7 +66,7 @@ async def backfill(
     """Run the file; exit status 0 only when every row succeeded (or was already done),
     2 when the journal could not be written (the run stopped; run it again to resume)."""
     total = await asyncio.to_thread(count_rows, path)
-    progress = _Progress(total, budget=client.budget)
+    progress = Progress(total, budget=client.budget)
     writer = _ResultsFile(results)
     await writer.open()
     engine = Bulk(client, concurrency=concurrency, rate=rate, journal=journal)
@@ -166,15 +121,21 @@ async def _failed_results(results: Path, limit: int = 20) -> Any:
 
 
 async def dry_run(path: Path, out: TextIO | None = None) -> int:
-    """Validate every row, send nothing; exit status 0 when all are valid."""
-    from .._wire.convert import structure_payload
-    from .._wire.writes import WRITES
+    """Make every check a run makes before sending, and send nothing; exit status 0 when
+    every row passes.
 
+    The checks are the run's own: the row is read as the run reads it, a key used
+    twice is refused, and each operation goes through the same preparation
+    (:func:`~ndax_async.bulk.prepare_operation` with ``prepare_write``): its
+    payload, its participant_code and any pinned request_id. A minor naming its
+    custodian by key is checked with a placeholder code (the real one comes from
+    the run).
+    """
     checked = failed = 0
+    first_lines: dict[str, int | None] = {}
     async for item in read_operations(path):
         checked += 1
-        problem = item.reason if isinstance(item, RowError) else _validate(item, structure_payload, WRITES)
-        if problem:
+        if problem := _problem(item, first_lines):
             failed += 1
             print(f"line {item.line} key {item.key}: {problem}", file=out)
     print(
@@ -183,13 +144,17 @@ async def dry_run(path: Path, out: TextIO | None = None) -> int:
     return 0 if failed == 0 else 1
 
 
-def _validate(item: Operation, structure: Any, writes: Any) -> str | None:
-    data = dict(item.data)
-    if item.op == "create_minor" and item.custodian_key:
-        data["custodian_participant_code"] = "DRYRUN"  # resolved at run time
-    data.pop("request_id", None)
+def _problem(item: Operation | RowError, first_lines: dict[str, int | None]) -> str | None:
+    """What a run would refuse ``item`` for before sending it, or ``None``."""
+    if item.key is not None and item.key in first_lines:
+        return duplicate_key(item.key, first_lines[item.key])
+    if item.key is not None:
+        first_lines[item.key] = item.line
+    if isinstance(item, RowError):
+        return item.reason
+    custodian = "DRY-RUN-CUSTODIAN" if item.op == "create_minor" and item.custodian_key else None
     try:
-        structure(data, writes[item.op].model)
+        prepare_operation(prepare_write, item, custodian)
     except ValidationError as error:
         return "; ".join(str(p) for p in error.problems)
     return None
@@ -197,8 +162,6 @@ def _validate(item: Operation, structure: Any, writes: Any) -> str | None:
 
 async def report(journal: Path, out: TextIO | None = None) -> int:
     """Print the state of a run from its journal alone."""
-    from ..bulk.journal import Journal
-
     opened = await Journal(journal).open()
     try:
         counts = await opened.counts()

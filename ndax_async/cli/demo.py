@@ -2,22 +2,28 @@
 
 No credentials and no network: the sandbox runs in-process. The summary shows
 every operation applied exactly once although a share of requests were
-dropped, refused or answered too late.
+dropped, refused or answered too late; its verdict says what went wrong
+otherwise: operations that failed (and whether any of them took effect), or
+an operation applied twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._sending.retry import RetryPolicy
-from ..bulk.engine import Bulk, BulkSummary, Operation
+from ..bulk import Bulk, BulkSummary, Operation
 from ..testing import Faults, Sandbox
-from .backfill import _Progress
+from .progress import Progress
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_FAULTS", "run_demo", "verdict"]
+
+DEMO_FAULTS = Faults(
+    drop_before=0.05, drop_after=0.08, err503=0.05, err429=0.03, slow_after=0.02, slow_seconds=1.0, seed=7
+)
 
 _FIRST = ["Aarav", "Diya", "Kabir", "Ananya", "John", "Maria", "Wei", "Fatima", "Ishaan", "Sofia"]
 _LAST = ["Mehta", "Sharma", "Iyer", "Smith", "Garcia", "Chen", "Khan", "Patel", "Brown", "Singh"]
@@ -72,7 +78,7 @@ async def _onboard(sandbox: Sandbox, customers: int, concurrency: int, rate: flo
                         line=len(onboarding) + 1,
                     )
                 )
-        progress = _Progress(len(onboarding))
+        progress = Progress(len(onboarding))
         engine = Bulk(client, concurrency=concurrency, rate=rate)
         codes: dict[str, str | None] = {}
         async for result in engine.run(onboarding):
@@ -99,35 +105,49 @@ async def _onboard(sandbox: Sandbox, customers: int, concurrency: int, rate: flo
             else:
                 data.update(first_name=person["first_name"], last_name="Kapoor")
             changes.append(Operation(key=f"update-{n}", op="update", participant_code=code, data=data))
-        progress = _Progress(len(changes))
+        progress = Progress(len(changes))
         engine = Bulk(client, concurrency=concurrency, rate=rate)
         async for _ in engine.run(changes):
             progress.update(engine.summary)
         progress.update(engine.summary, final=True)
-    return _merge(first, engine.summary)
+    return first.merge(engine.summary)
 
 
-def _merge(first: BulkSummary, second: BulkSummary) -> BulkSummary:
-    merged = BulkSummary(started=first.started, finished=second.finished)
-    for summary in (first, second):
-        merged.succeeded += summary.succeeded
-        merged.skipped += summary.skipped
-        merged.failed += summary.failed
-        merged.failed_by_reason.update(summary.failed_by_reason)
-        merged.retries_by_reason.update(summary.retries_by_reason)
-    return merged
+def verdict(stats: Mapping[str, Any], summary: BulkSummary) -> tuple[bool, str]:
+    """Whether every operation took effect exactly once, and a line that says so or
+    says what went wrong: an operation applied twice, or operations that failed."""
+    twice = stats["duplicates"] + stats["conflicts"] + stats["duplicate_payloads"]
+    applied = stats["creations"] + stats["updates"]
+    if twice:
+        return False, (
+            f"EXACTLY-ONCE VIOLATED: {stats['duplicates']} duplicates, {stats['conflicts']} conflicts,"
+            f" {stats['duplicate_payloads']} duplicate payloads"
+        )
+    if summary.failed:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in summary.failed_by_reason.most_common())
+        line = f"{summary.failed} operations failed ({reasons}); none was applied twice"
+        if applied > summary.succeeded:
+            line += f"; {applied - summary.succeeded} of them took effect although their call failed"
+        return False, line
+    if applied != summary.succeeded:
+        return False, f"the server applied {applied} operations, but {summary.succeeded} succeeded"
+    return True, f"every operation applied exactly once: {summary.succeeded} succeeded, 0 failed"
 
 
 def run_demo(
-    customers: int = 400, concurrency: int = 32, rate: float = 400.0, print_: Callable[[str], None] = print
+    customers: int = 400,
+    concurrency: int = 32,
+    rate: float = 400.0,
+    print_: Callable[[str], None] = print,
+    faults: Faults = DEMO_FAULTS,
 ) -> int:
     """Run the demo; returns 0 when every operation applied exactly once."""
-    faults = Faults(
-        drop_before=0.05, drop_after=0.08, err503=0.05, err429=0.03, slow_after=0.02, slow_seconds=1.0, seed=7
-    )
     sandbox = Sandbox(faults=faults)
     print_(f"ndax-async demo: onboarding {customers} customers through the bulk engine, embedded sandbox")
-    print_("faults on: 5% dropped before, 8% dropped after commit, 5% 503, 3% 429, 2% too slow after commit")
+    print_(
+        f"faults on: {faults.drop_before:.0%} dropped before, {faults.drop_after:.0%} dropped after commit,"
+        f" {faults.err503:.0%} 503, {faults.err429:.0%} 429, {faults.slow_after:.0%} too slow after commit"
+    )
     summary = asyncio.run(_onboard(sandbox, customers, concurrency, rate))
     stats = sandbox.stats
     print_(
@@ -147,9 +167,6 @@ def run_demo(
     )
     timing = f"{summary.elapsed:.1f}s ({summary.rate:.0f}/s, rate limit {rate:.0f}/s)"
     print_(f"{summary.total} operations in {timing}")
-    exactly_once = (
-        stats["duplicates"] == stats["conflicts"] == stats["duplicate_payloads"] == summary.failed == 0
-        and stats["creations"] + stats["updates"] == summary.succeeded
-    )
-    print_("every operation applied exactly once" if exactly_once else "EXACTLY-ONCE VIOLATED")
+    exactly_once, line = verdict(stats, summary)
+    print_(line)
     return 0 if exactly_once else 1
