@@ -81,16 +81,59 @@ def test_authentication_failures_have_the_documented_shape_and_are_counted() -> 
     assert sandbox.stats["creations"] == 0
 
 
-def test_signature_over_the_restringified_body_is_accepted() -> None:
-    # The vendor's own example signs JSON.stringify(body) but sends other bytes.
-    sandbox = Sandbox()
+def signed_over_raw_bytes(sandbox: Sandbox, body: bytes, signed: bytes | None = None) -> int:
+    """POST ``body`` signed over ``signed`` (default: the very bytes sent); the status."""
     target = "/participants/customers/new"
-    compact = dumps(customer_wire())
-    pretty = json.dumps(customer_wire(), indent=2).encode()
     credentials = Credentials(sandbox.api_key, sandbox.api_secret, sandbox.passphrase)
-    timestamp = str(int(sandbox.clock()))
-    headers = credentials.headers(timestamp, "POST", target, compact)
-    assert sandbox.handle("POST", target, headers, pretty).status == 200
+    headers = credentials.headers(
+        str(int(sandbox.clock())), "POST", target, body if signed is None else signed
+    )
+    return sandbox.handle("POST", target, headers, body).status
+
+
+# Bytes that are valid JSON but not what JSON.stringify prints: a raw-verifying
+# server accepts them signed over themselves, a JSON.stringify-verifying one does not.
+NOT_STRINGIFIED = {
+    "escaped non-ASCII": json.dumps(customer_wire(first_name="Zoë"), ensure_ascii=True).encode(),
+    "spaces after separators": json.dumps(customer_wire()).encode(),
+}
+
+
+@pytest.mark.parametrize("body", NOT_STRINGIFIED.values(), ids=NOT_STRINGIFIED.keys())
+def test_by_default_a_body_that_is_not_what_json_stringify_prints_is_refused(body: bytes) -> None:
+    assert b"\\u00eb" in body or b", " in body
+    sandbox = Sandbox()
+    assert signed_over_raw_bytes(sandbox, body) == 401
+    assert sandbox.stats["auth_failures"] == {"body_not_stringified": 1}
+    assert sandbox.stats["creations"] == 0
+
+
+@pytest.mark.parametrize("mode", ["raw", "either"])
+@pytest.mark.parametrize("body", NOT_STRINGIFIED.values(), ids=NOT_STRINGIFIED.keys())
+def test_loosened_a_body_signed_over_its_raw_bytes_is_accepted(body: bytes, mode: Any) -> None:
+    assert signed_over_raw_bytes(Sandbox(signatures=mode), body) == 200
+
+
+def test_strict_accepts_what_the_sdk_sends_and_a_get_signed_over_braces() -> None:
+    sandbox = Sandbox()
+    assert signed_over_raw_bytes(sandbox, dumps(customer_wire(first_name="Zoë"))) == 200
+    assert send(sandbox, "GET", "/participants")[0] == 200  # signs the literal {}
+
+
+def test_a_signature_over_json_stringify_of_other_bytes_passes_either_only() -> None:
+    """The vendor's own example signs JSON.stringify(body) but sends other bytes."""
+    pretty = json.dumps(customer_wire(), indent=2).encode()
+    compact = dumps(customer_wire())
+    statuses = {
+        mode: signed_over_raw_bytes(Sandbox(signatures=mode), pretty, compact)
+        for mode in ("strict", "raw", "either")
+    }
+    assert statuses == {"strict": 401, "raw": 401, "either": 200}
+
+
+def test_an_unknown_signature_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="strict, raw, either"):
+        Sandbox(signatures="lenient")  # type: ignore[arg-type]
 
 
 def test_query_string_is_part_of_the_signed_route() -> None:
