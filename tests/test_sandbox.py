@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -349,7 +350,80 @@ def test_rate_limit_blocks_the_ip_for_the_window() -> None:
     assert send(sandbox, "GET", "/participants")[0] == 429  # still blocked
     now[0] += 6
     assert send(sandbox, "GET", "/participants")[0] == 200
-    assert sandbox.stats["rate_limited"] == 2
+    assert (sandbox.stats["rate_limited"], sandbox.stats["rate_limit_blocks"]) == (2, 1)
+
+
+def test_rate_limit_counts_any_rolling_window_per_peer_and_answers_a_bare_429() -> None:
+    """More than N in ANY rolling W seconds (not per fixed slot) from one peer blocks that peer for W."""
+    now = [1_700_000_000.0]
+    sandbox = Sandbox(rate_limit=(3, 10.0), clock=lambda: now[0])
+
+    def status(peer: str = "10.0.0.1") -> int:
+        credentials = Credentials(sandbox.api_key, sandbox.api_secret, sandbox.passphrase)
+        headers = credentials.headers(str(int(now[0])), "GET", "/participants", b"{}")
+        reply = sandbox.handle("GET", "/participants", headers, b"", peer)
+        if reply.status == 429:
+            assert reply.body == b""
+        return reply.status
+
+    assert status() == 200  # t=0
+    now[0] += 8
+    assert [status(), status()] == [200, 200]  # t=8: three in (t-10, t]
+    now[0] += 2.5
+    assert status() == 200  # t=10.5: the one at t=0 has left the window
+    assert status("10.0.0.2") == 200  # another peer has its own count
+    now[0] += 7
+    assert status() == 429  # t=17.5: the 4th since t=8 starts a 10 s block
+    now[0] += 9.9
+    assert status() == 429  # blocked until t=27.5, whatever the window holds
+    assert status("10.0.0.2") == 200
+    now[0] += 0.1
+    assert status() == 200
+    assert (sandbox.stats["rate_limited"], sandbox.stats["rate_limit_blocks"]) == (2, 1)
+
+
+def test_stats_are_answered_without_authentication_uncounted_and_unlimited() -> None:
+    sandbox = Sandbox(rate_limit=(1, 10.0))
+    assert [send(sandbox, "GET", "/participants")[0] for _ in range(2)] == [200, 429]
+    reply = sandbox.handle("GET", "/_sandbox/stats", {}, b"")
+    assert (reply.status, json.loads(reply.body)) == (200, sandbox.stats)
+    assert sandbox.stats["requests"] == {"list": 2}
+    assert (sandbox.stats["rate_limited"], sandbox.stats["rate_limit_blocks"]) == (1, 1)
+
+
+def test_the_sandbox_command_enforces_the_per_ip_rule_and_serves_its_stats() -> None:
+    """``ndax-async sandbox --rate-limit 3/60``, served, over real HTTP."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "ndax_async.cli", "sandbox", "--port", "0", "--rate-limit", "3/60"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            _, _, _, base_url, *settings = process.stdout.readline().split()
+            given = dict(setting.split("=", 1) for setting in settings)
+            credentials = Credentials(given["api_key"], given["api_secret"], given["passphrase"])
+            with httpx.Client(base_url=base_url, timeout=10) as http:
+                responses = []
+                for _ in range(5):
+                    timestamp = str(int(time.time()))
+                    headers = credentials.headers(timestamp, "GET", "/participants", b"{}")
+                    responses.append(http.get("/participants", headers=headers))
+                stats = http.get("/_sandbox/stats").json()
+        finally:
+            process.terminate()
+            process.wait(10)
+    assert [r.status_code for r in responses] == [200, 200, 200, 429, 429]
+    assert responses[3].content == b""
+    assert (stats["rate_limited"], stats["rate_limit_blocks"], stats["requests"]) == (2, 1, {"list": 5})
+
+
+def test_the_sandbox_command_refuses_a_malformed_rate_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    from ndax_async.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["sandbox", "--rate-limit", "2000 per 10"])
+    assert "REQUESTS/SECONDS" in capsys.readouterr().err
 
 
 def test_served_over_http_the_rate_limit_goes_by_the_peer_not_a_forwarded_header() -> None:
