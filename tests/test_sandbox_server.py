@@ -13,7 +13,7 @@ import logging
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import httpx
@@ -68,6 +68,15 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     return await asyncio.wait_for(reader.read(), GUARD) == b""
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for what the server's thread makes true (polled: it cannot set an asyncio.Event here)."""
+    for _ in range(GUARD * 100):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never came true")
+
+
 def get(path: str, *extra: str) -> bytes:
     return "\r\n".join([f"GET {path} HTTP/1.1", "Host: sandbox", *extra, "", ""]).encode()
 
@@ -111,8 +120,7 @@ async def test_a_held_reply_does_not_hold_other_connections(scripted: Any) -> No
     sandbox, server = scripted
     held_reader, held_writer = await asyncio.open_connection("127.0.0.1", server.port)
     held_writer.write(get("/slow"))
-    while not sandbox.seen:  # the held request has reached the sandbox
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(sandbox.seen))  # the held request has reached the sandbox
     other_reader, other_writer = await asyncio.open_connection("127.0.0.1", server.port)
     other_writer.write(get("/other"))
     assert (await read_response(other_reader)).body == b"/other"
@@ -162,8 +170,7 @@ async def test_an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_on
         replies.append((await read_response(busy_reader)).body)
     assert replies == [f"/slow-{n}".encode() for n in range(4)]
     assert idle_reader.at_eof()  # closed meanwhile, after 0.5 s idle (the default would wait 5 s)
-    while server.open_connections:  # the busy one goes idle and is closed in turn
-        await asyncio.sleep(0.01)
+    await until(lambda: server.open_connections == 0)  # the busy one goes idle and is closed in turn
     assert await closed_by_server(busy_reader)
     idle_writer.close()
     busy_writer.close()
@@ -178,8 +185,7 @@ async def test_stopping_the_server_closes_its_connections_and_cuts_a_held_reply(
     await read_response(idle_reader)
     held_reader, held_writer = await asyncio.open_connection("127.0.0.1", server.port)
     held_writer.write(get("/held"))  # a 60 s reply
-    while len(sandbox.seen) < 2:
-        await asyncio.sleep(0.01)
+    await until(lambda: len(sandbox.seen) == 2)
     await asyncio.wait_for(asyncio.to_thread(server.stop), GUARD)
     assert await closed_by_server(idle_reader)
     head = await asyncio.wait_for(held_reader.read(), GUARD)
