@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -81,16 +82,59 @@ def test_authentication_failures_have_the_documented_shape_and_are_counted() -> 
     assert sandbox.stats["creations"] == 0
 
 
-def test_signature_over_the_restringified_body_is_accepted() -> None:
-    # The vendor's own example signs JSON.stringify(body) but sends other bytes.
-    sandbox = Sandbox()
+def signed_over_raw_bytes(sandbox: Sandbox, body: bytes, signed: bytes | None = None) -> int:
+    """POST ``body`` signed over ``signed`` (default: the very bytes sent); the status."""
     target = "/participants/customers/new"
-    compact = dumps(customer_wire())
-    pretty = json.dumps(customer_wire(), indent=2).encode()
     credentials = Credentials(sandbox.api_key, sandbox.api_secret, sandbox.passphrase)
-    timestamp = str(int(sandbox.clock()))
-    headers = credentials.headers(timestamp, "POST", target, compact)
-    assert sandbox.handle("POST", target, headers, pretty).status == 200
+    headers = credentials.headers(
+        str(int(sandbox.clock())), "POST", target, body if signed is None else signed
+    )
+    return sandbox.handle("POST", target, headers, body).status
+
+
+# Bytes that are valid JSON but not what JSON.stringify prints: a raw-verifying
+# server accepts them signed over themselves, a JSON.stringify-verifying one does not.
+NOT_STRINGIFIED = {
+    "escaped non-ASCII": json.dumps(customer_wire(first_name="Zoë"), ensure_ascii=True).encode(),
+    "spaces after separators": json.dumps(customer_wire()).encode(),
+}
+
+
+@pytest.mark.parametrize("body", NOT_STRINGIFIED.values(), ids=NOT_STRINGIFIED.keys())
+def test_by_default_a_body_that_is_not_what_json_stringify_prints_is_refused(body: bytes) -> None:
+    assert b"\\u00eb" in body or b", " in body
+    sandbox = Sandbox()
+    assert signed_over_raw_bytes(sandbox, body) == 401
+    assert sandbox.stats["auth_failures"] == {"body_not_stringified": 1}
+    assert sandbox.stats["creations"] == 0
+
+
+@pytest.mark.parametrize("mode", ["raw", "either"])
+@pytest.mark.parametrize("body", NOT_STRINGIFIED.values(), ids=NOT_STRINGIFIED.keys())
+def test_loosened_a_body_signed_over_its_raw_bytes_is_accepted(body: bytes, mode: Any) -> None:
+    assert signed_over_raw_bytes(Sandbox(signatures=mode), body) == 200
+
+
+def test_strict_accepts_what_the_sdk_sends_and_a_get_signed_over_braces() -> None:
+    sandbox = Sandbox()
+    assert signed_over_raw_bytes(sandbox, dumps(customer_wire(first_name="Zoë"))) == 200
+    assert send(sandbox, "GET", "/participants")[0] == 200  # signs the literal {}
+
+
+def test_a_signature_over_json_stringify_of_other_bytes_passes_either_only() -> None:
+    """The vendor's own example signs JSON.stringify(body) but sends other bytes."""
+    pretty = json.dumps(customer_wire(), indent=2).encode()
+    compact = dumps(customer_wire())
+    statuses = {
+        mode: signed_over_raw_bytes(Sandbox(signatures=mode), pretty, compact)
+        for mode in ("strict", "raw", "either")
+    }
+    assert statuses == {"strict": 401, "raw": 401, "either": 200}
+
+
+def test_an_unknown_signature_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="strict, raw, either"):
+        Sandbox(signatures="lenient")  # type: ignore[arg-type]
 
 
 def test_query_string_is_part_of_the_signed_route() -> None:
@@ -306,7 +350,80 @@ def test_rate_limit_blocks_the_ip_for_the_window() -> None:
     assert send(sandbox, "GET", "/participants")[0] == 429  # still blocked
     now[0] += 6
     assert send(sandbox, "GET", "/participants")[0] == 200
-    assert sandbox.stats["rate_limited"] == 2
+    assert (sandbox.stats["rate_limited"], sandbox.stats["rate_limit_blocks"]) == (2, 1)
+
+
+def test_rate_limit_counts_any_rolling_window_per_peer_and_answers_a_bare_429() -> None:
+    """More than N in ANY rolling W seconds (not per fixed slot) from one peer blocks that peer for W."""
+    now = [1_700_000_000.0]
+    sandbox = Sandbox(rate_limit=(3, 10.0), clock=lambda: now[0])
+
+    def status(peer: str = "10.0.0.1") -> int:
+        credentials = Credentials(sandbox.api_key, sandbox.api_secret, sandbox.passphrase)
+        headers = credentials.headers(str(int(now[0])), "GET", "/participants", b"{}")
+        reply = sandbox.handle("GET", "/participants", headers, b"", peer)
+        if reply.status == 429:
+            assert reply.body == b""
+        return reply.status
+
+    assert status() == 200  # t=0
+    now[0] += 8
+    assert [status(), status()] == [200, 200]  # t=8: three in (t-10, t]
+    now[0] += 2.5
+    assert status() == 200  # t=10.5: the one at t=0 has left the window
+    assert status("10.0.0.2") == 200  # another peer has its own count
+    now[0] += 7
+    assert status() == 429  # t=17.5: the 4th since t=8 starts a 10 s block
+    now[0] += 9.9
+    assert status() == 429  # blocked until t=27.5, whatever the window holds
+    assert status("10.0.0.2") == 200
+    now[0] += 0.1
+    assert status() == 200
+    assert (sandbox.stats["rate_limited"], sandbox.stats["rate_limit_blocks"]) == (2, 1)
+
+
+def test_stats_are_answered_without_authentication_uncounted_and_unlimited() -> None:
+    sandbox = Sandbox(rate_limit=(1, 10.0))
+    assert [send(sandbox, "GET", "/participants")[0] for _ in range(2)] == [200, 429]
+    reply = sandbox.handle("GET", "/_sandbox/stats", {}, b"")
+    assert (reply.status, json.loads(reply.body)) == (200, sandbox.stats)
+    assert sandbox.stats["requests"] == {"list": 2}
+    assert (sandbox.stats["rate_limited"], sandbox.stats["rate_limit_blocks"]) == (1, 1)
+
+
+def test_the_sandbox_command_enforces_the_per_ip_rule_and_serves_its_stats() -> None:
+    """``ndax-async sandbox --rate-limit 3/60``, served, over real HTTP."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "ndax_async.cli", "sandbox", "--port", "0", "--rate-limit", "3/60"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            _, _, _, base_url, *settings = process.stdout.readline().split()
+            given = dict(setting.split("=", 1) for setting in settings)
+            credentials = Credentials(given["api_key"], given["api_secret"], given["passphrase"])
+            with httpx.Client(base_url=base_url, timeout=10) as http:
+                responses = []
+                for _ in range(5):
+                    timestamp = str(int(time.time()))
+                    headers = credentials.headers(timestamp, "GET", "/participants", b"{}")
+                    responses.append(http.get("/participants", headers=headers))
+                stats = http.get("/_sandbox/stats").json()
+        finally:
+            process.terminate()
+            process.wait(10)
+    assert [r.status_code for r in responses] == [200, 200, 200, 429, 429]
+    assert responses[3].content == b""
+    assert (stats["rate_limited"], stats["rate_limit_blocks"], stats["requests"]) == (2, 1, {"list": 5})
+
+
+def test_the_sandbox_command_refuses_a_malformed_rate_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    from ndax_async.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["sandbox", "--rate-limit", "2000 per 10"])
+    assert "REQUESTS/SECONDS" in capsys.readouterr().err
 
 
 def test_served_over_http_the_rate_limit_goes_by_the_peer_not_a_forwarded_header() -> None:

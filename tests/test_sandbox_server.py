@@ -1,21 +1,19 @@
-"""The sandbox's own HTTP/1.1 server, spoken to byte by byte over loopback.
+"""The sandbox served over loopback by uvicorn: what users rely on, checked on the wire.
 
-A scripted stand-in for the sandbox answers by path, so each framing case
-(keep-alive, pipelining, held and dropped replies, HEAD, 100-continue, bad
-requests, idle connections) is checked on the wire; the real sandbox checks
-the body limit and the fixtures users get.
+A scripted stand-in for the sandbox answers by path, so held and dropped
+replies, errors and idle connections are checked byte by byte; the real
+sandbox checks the body limit, the SDK end to end and the foreground server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import httpx
@@ -23,7 +21,6 @@ import pytest
 
 from ndax_async import AsyncClient
 from ndax_async.testing import Sandbox, SandboxServer
-from ndax_async.testing._http_server import SandboxHTTPServer
 from ndax_async.testing.sandbox import MAX_BODY_BYTES, Reply
 
 from .helpers import customer_wire
@@ -43,6 +40,8 @@ class ScriptedSandbox:
             raise RuntimeError("a bug in the sandbox")
         if target.startswith("/slow"):
             return Reply(200, target.encode(), delay=0.3)
+        if target == "/held":
+            return Reply(200, target.encode(), delay=60)
         if target == "/drop":
             return Reply(0, b"", drop=True)
         return Reply(200, target.encode(), {"content-type": "text/plain"})
@@ -54,14 +53,13 @@ class Response(NamedTuple):
     body: bytes
 
 
-async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False) -> Response:
-    """One response: status line, headers, and a Content-Length body (unless ``head_only``)."""
+async def read_response(reader: asyncio.StreamReader) -> Response:
+    """One response: status line, headers, and a Content-Length body."""
     raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), GUARD)
     status_line, *lines = raw.decode("latin-1").split("\r\n")[:-2]
     assert status_line.startswith("HTTP/1.1 "), raw
     headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines)}
-    length = 0 if head_only else int(headers.get("content-length", "0"))
-    body = await asyncio.wait_for(reader.readexactly(length), GUARD)
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), GUARD)
     return Response(int(status_line.split()[1]), headers, body)
 
 
@@ -70,26 +68,33 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     return await asyncio.wait_for(reader.read(), GUARD) == b""
 
 
-@pytest.fixture
-async def scripted() -> AsyncIterator[tuple[ScriptedSandbox, int]]:
-    sandbox = ScriptedSandbox()
-    server = SandboxHTTPServer(sandbox, "127.0.0.1", 0)  # type: ignore[arg-type]
-    port = await server.start()
-    yield sandbox, port
-    await server.close()
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for what the server's thread makes true (polled: it cannot set an asyncio.Event here)."""
+    for _ in range(GUARD * 100):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never came true")
 
 
 def get(path: str, *extra: str) -> bytes:
     return "\r\n".join([f"GET {path} HTTP/1.1", "Host: sandbox", *extra, "", ""]).encode()
 
 
-async def test_requests_on_one_connection_and_pipelined_are_answered_in_order(scripted: Any) -> None:
-    sandbox, port = scripted
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+@pytest.fixture
+def scripted() -> Iterator[tuple[ScriptedSandbox, SandboxServer]]:
+    sandbox = ScriptedSandbox()
+    with SandboxServer(sandbox, idle_timeout=0.5) as server:  # type: ignore[arg-type]
+        yield sandbox, server
+
+
+async def test_requests_on_one_connection_are_answered_in_order_with_the_peer_address(scripted: Any) -> None:
+    sandbox, server = scripted
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(get("/one"))
     assert (await read_response(reader)).body == b"/one"
-    writer.write(get("/two") + get("/three?x=1") + get("/four"))  # three at once
-    assert [(await read_response(reader)).body for _ in range(3)] == [b"/two", b"/three?x=1", b"/four"]
+    writer.write(get("/two") + get("/three?x=1"))  # pipelined
+    assert [(await read_response(reader)).body for _ in range(2)] == [b"/two", b"/three?x=1"]
     writer.close()
     method, target, headers, body, client = sandbox.seen[2]
     assert (method, target, headers["host"], body, client) == (
@@ -101,134 +106,98 @@ async def test_requests_on_one_connection_and_pipelined_are_answered_in_order(sc
     )
 
 
-async def test_a_held_reply_holds_its_connection_only(scripted: Any) -> None:
-    """A delayed reply keeps the requests behind it waiting, in order; another
-    connection is answered meanwhile."""
-    sandbox, port = scripted
-    held_reader, held_writer = await asyncio.open_connection("127.0.0.1", port)
-    held_writer.write(get("/slow") + get("/after-slow"))
-    other_reader, other_writer = await asyncio.open_connection("127.0.0.1", port)
+async def test_replies_carry_a_content_length_not_chunks(scripted: Any) -> None:
+    _, server = scripted
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(get("/sized"))
+    response = await read_response(reader)
+    assert (response.headers["content-length"], response.body) == ("6", b"/sized")
+    assert "transfer-encoding" not in response.headers
+    writer.close()
+
+
+async def test_a_held_reply_does_not_hold_other_connections(scripted: Any) -> None:
+    sandbox, server = scripted
+    held_reader, held_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    held_writer.write(get("/slow"))
+    await until(lambda: bool(sandbox.seen))  # the held request has reached the sandbox
+    other_reader, other_writer = await asyncio.open_connection("127.0.0.1", server.port)
     other_writer.write(get("/other"))
     assert (await read_response(other_reader)).body == b"/other"
-    assert [target for _, target, *_ in sandbox.seen] == ["/slow", "/other"]  # /after-slow not yet asked
-    assert [(await read_response(held_reader)).body for _ in range(2)] == [b"/slow", b"/after-slow"]
+    assert (await read_response(held_reader)).body == b"/slow"  # answered after the other one
     held_writer.close()
     other_writer.close()
 
 
-async def test_a_dropped_reply_promises_a_body_and_closes(scripted: Any) -> None:
-    _, port = scripted
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(get("/drop") + get("/never"))
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), GUARD)
-    assert b"content-length: 64" in head
-    assert await closed_by_server(reader)
-    writer.close()
-
-
-async def test_a_request_asking_to_close_is_answered_then_closed(scripted: Any) -> None:
-    sandbox, port = scripted
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(get("/last", "Connection: close") + get("/ignored"))
-    response = await read_response(reader)
-    assert (response.body, response.headers["connection"]) == (b"/last", "close")
-    assert await closed_by_server(reader)
-    assert [target for _, target, *_ in sandbox.seen] == ["/last"]
-    writer.close()
-
-
-async def test_head_gets_the_headers_without_the_body(scripted: Any) -> None:
-    _, port = scripted
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(get("/x").replace(b"GET", b"HEAD", 1) + get("/y"))
-    head = await read_response(reader, head_only=True)
-    assert head.headers["content-length"] == "2"
-    assert (await read_response(reader)).body == b"/y"  # the next reply starts right after the head
-    writer.close()
-
-
-async def test_a_client_expecting_100_continue_gets_it_before_sending_the_body(scripted: Any) -> None:
-    sandbox, port = scripted
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /up HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-    assert (await read_response(reader)).status == 100
-    writer.write(b"hello")
-    assert (await read_response(reader)).body == b"/up"
-    assert sandbox.seen[0][3] == b"hello"
-    writer.close()
-
-
-async def test_a_request_in_pieces_and_a_chunked_body_reach_the_sandbox_whole(scripted: Any) -> None:
-    sandbox, port = scripted
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    pieces = [b"POST /par", b"ts?q=1 HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"]
-    for piece in [*pieces, b"2\r\nde\r\n0\r\n\r\n"]:
-        writer.write(piece)
-        await writer.drain()
-        await asyncio.sleep(0.02)  # each piece is read on its own
-    assert (await read_response(reader)).body == b"/parts?q=1"
-    assert sandbox.seen[0][3] == b"abcde"
-    writer.close()
-
-
-async def test_a_malformed_request_gets_400_and_a_close(scripted: Any) -> None:
-    _, port = scripted
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(get("/fine") + b"NOT HTTP AT ALL\r\n\r\n")
-    assert (await read_response(reader)).body == b"/fine"
-    assert (await read_response(reader)).status == 400
-    assert await closed_by_server(reader)
-    writer.close()
+async def test_a_dropped_reply_promises_a_body_and_closes_without_a_traceback(
+    scripted: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, server = scripted
+    with caplog.at_level(logging.DEBUG):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(get("/drop"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), GUARD)
+        assert b"content-length: 64" in head
+        assert await closed_by_server(reader)
+        writer.close()
+    assert "Traceback" not in caplog.text
+    assert not [record for record in caplog.records if record.exc_info]
 
 
 async def test_an_error_in_the_sandbox_is_logged_and_answered_500(
     scripted: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, port = scripted
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    with caplog.at_level(logging.ERROR, logger="ndax_async.testing.server"):
-        writer.write(get("/boom") + get("/fine"))
+    _, server = scripted
+    with caplog.at_level(logging.ERROR):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(get("/boom"))
         assert (await read_response(reader)).status == 500
-        assert (await read_response(reader)).body == b"/fine"  # the connection goes on
+        writer.close()
     assert "a bug in the sandbox" in caplog.text
-    writer.close()
 
 
-async def test_an_idle_connection_is_closed_and_a_busy_one_is_not() -> None:
-    server = SandboxHTTPServer(ScriptedSandbox(), "127.0.0.1", 0, idle_timeout=0.2)  # type: ignore[arg-type]
-    port = await server.start()
-    try:
-        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
-        idle_writer.write(get("/a"))
-        await read_response(idle_reader)
-        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
-        busy_writer.write(get("/slow-1") + get("/slow-2"))  # 0.6 s of held replies
-        assert await closed_by_server(idle_reader)
-        assert [(await read_response(busy_reader)).body for _ in range(2)] == [b"/slow-1", b"/slow-2"]
-    finally:
-        await server.close()
+async def test_an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not(
+    scripted: Any,
+) -> None:
+    _, server = scripted  # idle_timeout=0.5
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    idle_writer.write(get("/a"))
+    await read_response(idle_reader)
+    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    replies = []
+    for n in range(4):  # busy for 1.2 s: 0.3 s held replies, one after another
+        busy_writer.write(get(f"/slow-{n}"))
+        replies.append((await read_response(busy_reader)).body)
+    assert replies == [f"/slow-{n}".encode() for n in range(4)]
+    assert idle_reader.at_eof()  # closed meanwhile, after 0.5 s idle (the default would wait 5 s)
+    await until(lambda: server.open_connections == 0)  # the busy one goes idle and is closed in turn
+    assert await closed_by_server(busy_reader)
     idle_writer.close()
     busy_writer.close()
 
 
-async def test_closing_the_server_closes_its_connections(scripted: Any) -> None:
-    server = SandboxHTTPServer(ScriptedSandbox(), "127.0.0.1", 0)  # type: ignore[arg-type]
-    port = await server.start()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(get("/a"))
-    await read_response(reader)
-    await asyncio.wait_for(server.close(), GUARD)
-    assert await closed_by_server(reader)
-    writer.close()
+async def test_stopping_the_server_closes_its_connections_and_cuts_a_held_reply() -> None:
+    sandbox = ScriptedSandbox()
+    server = SandboxServer(sandbox)  # type: ignore[arg-type]
+    server.start()
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    idle_writer.write(get("/a"))
+    await read_response(idle_reader)
+    held_reader, held_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    held_writer.write(get("/held"))  # a 60 s reply
+    await until(lambda: len(sandbox.seen) == 2)
+    await asyncio.wait_for(asyncio.to_thread(server.stop), GUARD)
+    assert await closed_by_server(idle_reader)
+    head = await asyncio.wait_for(held_reader.read(), GUARD)
+    assert b" 500 " not in head  # cut, never answered with the server's own error
+    idle_writer.close()
+    held_writer.close()
 
 
 async def test_a_body_over_the_limit_is_refused_without_being_read_whole() -> None:
     """The real sandbox answers 413 once the limit is passed; the rest is never read."""
-    sandbox = Sandbox()
-    server = SandboxHTTPServer(sandbox, "127.0.0.1", 0)
-    port = await server.start()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    with SandboxServer(Sandbox()) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         declared = 50 * MAX_BODY_BYTES
         writer.write(
             f"POST /participants/customers/new HTTP/1.1\r\nContent-Length: {declared}\r\n\r\n".encode()
@@ -239,20 +208,14 @@ async def test_a_body_over_the_limit_is_refused_without_being_read_whole() -> No
         assert response.headers["connection"] == "close"
         assert await closed_by_server(reader)
         writer.close()
-    finally:
-        await server.close()
 
 
 async def test_the_served_sandbox_creates_once_for_the_sdk_over_real_http() -> None:
     sandbox = Sandbox()
-    server = SandboxHTTPServer(sandbox, "127.0.0.1", 0)
-    port = await server.start()
-    try:
-        async with AsyncClient(**sandbox.credentials, base_url=f"http://127.0.0.1:{port}") as client:
+    with SandboxServer(sandbox) as server:
+        async with AsyncClient(**sandbox.credentials, base_url=server.base_url) as client:
             created = await client.customers.create(customer_wire())
             found = await client.participants.get_by_email(customer_wire()["email"])
-    finally:
-        await server.close()
     assert found is not None
     assert found.participant_code == created.participant_code
     assert sandbox.stats["creations"] == 1
@@ -283,7 +246,7 @@ def test_a_sandbox_server_that_cannot_listen_says_so() -> None:
 def foreground_sandbox_says(on_ready_body: str) -> str:
     """Run ``serve_forever`` in a child process; return the line its ``on_ready`` prints."""
     script = (
-        "import asyncio, gc\n"
+        "import asyncio\n"
         "from ndax_async.testing import Sandbox\n"
         "from ndax_async.testing.server import serve_forever\n"
         "def ready(line):\n"
@@ -296,65 +259,34 @@ def foreground_sandbox_says(on_ready_body: str) -> str:
             return process.stdout.readline().strip()
         finally:
             process.terminate()
-            process.wait(10)
+            process.wait(GUARD)
+
+
+def test_the_foreground_sandbox_says_where_it_listens() -> None:
+    """The ``on_ready`` line's format is parsed by benchmarks and scripts: it stays."""
+    line = foreground_sandbox_says("print(line, flush=True)")
+    words = line.split()
+    assert words[:3] == ["NDAX", "sandbox", "at"]
+    assert words[3].startswith("http://127.0.0.1:")
+    sandbox = Sandbox()
+    assert words[4:] == [f"{k}={v}" for k, v in sandbox.credentials.items()]
+
+
+def test_the_foreground_sandbox_answers_once_ready_and_stops_on_sigterm() -> None:
+    command = [sys.executable, "-m", "ndax_async.cli", "sandbox", "--port", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            base_url = process.stdout.readline().split()[3]
+            assert httpx.get(base_url + "/participants", timeout=GUARD).status_code == 401  # unsigned
+        finally:
+            process.terminate()
+            process.wait(GUARD)  # raises if SIGTERM did not stop it
 
 
 def test_the_foreground_sandbox_runs_on_uvloop_where_installed() -> None:
-    """``ndax-async sandbox`` serves on uvloop where it is installed, as
-    SandboxServer does (it once ran on the default asyncio loop)."""
+    """uvicorn picks uvloop by itself where it is installed (``loop="auto"``)."""
     pytest.importorskip("uvloop")
     assert (
         foreground_sandbox_says("print(type(asyncio.get_running_loop()).__module__, flush=True)") == "uvloop"
     )
-
-
-def test_the_foreground_sandbox_keeps_what_it_stores_out_of_full_collections() -> None:
-    """``ndax-async sandbox`` owns its process: after a full collection the
-    survivors are frozen, so later ones skip them; new garbage cycles are
-    still collected."""
-    said = foreground_sandbox_says(
-        "stored = [[n] for n in range(50_000)]\n"
-        "gc.collect()\n"
-        "frozen = gc.get_freeze_count()\n"
-        "cycle = []\n"
-        "cycle.append(cycle)\n"
-        "del cycle\n"
-        "print(frozen > len(stored), gc.collect() >= 1, flush=True)"
-    )
-    assert said.split() == ["True", "True"]
-
-
-async def test_a_closed_connection_is_freed_without_the_garbage_collector(scripted: Any) -> None:
-    """serve_forever freezes what survives a full collection, so a connection
-    object must not sit in a reference cycle once closed."""
-    _, port = scripted
-    gc.disable()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(get("/a", "Connection: close"))
-        await read_response(reader)
-        assert await closed_by_server(reader)
-        writer.close()
-        await asyncio.sleep(0.05)  # the server's side sees the close
-        alive = [o for o in gc.get_objects() if type(o).__name__ == "_Connection"]
-        assert alive == []
-    finally:
-        gc.enable()
-
-
-async def test_bodies_larger_than_the_shared_read_buffer_arrive_whole(scripted: Any) -> None:
-    """Two connections, their pieces interleaved, read into one buffer."""
-    sandbox, port = scripted
-    bodies = {path: path.encode() * 40_000 for path in ("/first", "/second")}
-    streams = {path: await asyncio.open_connection("127.0.0.1", port) for path in bodies}
-    for path, (_, writer) in streams.items():
-        writer.write(f"POST {path} HTTP/1.1\r\nContent-Length: {len(bodies[path])}\r\n\r\n".encode())
-    for start in range(0, 40_000 * 7, 7_000):
-        for path, (_, writer) in streams.items():
-            writer.write(bodies[path][start : start + 7_000])
-            await writer.drain()
-        await asyncio.sleep(0)
-    for path, (reader, writer) in streams.items():
-        assert (await read_response(reader)).body == path.encode()
-        writer.close()
-    assert {target: body for _, target, _, body, _ in sandbox.seen} == bodies

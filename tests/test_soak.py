@@ -32,6 +32,8 @@ FULL = bool(os.environ.get("NDAX_SOAK_FULL"))
 SIGNUPS, CONCURRENCY = (4000, 160) if FULL else (500, 110)
 ROOT = Path(__file__).resolve().parent.parent
 MAX_CONNECTIONS = 64
+IDLE_TIMEOUT = 0.5  # the sandbox closes keep-alive connections idle this long
+SETTLE_DEADLINE = 30.0
 BAD_SHUTDOWN = ("Event loop is closed", "Task was destroyed", "never retrieved", "Unclosed", "Traceback")
 
 
@@ -51,11 +53,17 @@ def _health(base: str) -> dict[str, Any]:
     return reply
 
 
-def _settle(base: str, pid: int) -> tuple[int, int]:
-    """(fds, tasks) once in-flight work has drained and idle keep-alive connections
-    have been closed (the sandbox's uvicorn closes them after 5 s)."""
-    time.sleep(6.5)
-    return _open_fds(pid), _health(base)["tasks"]
+def _settle(base: str, pid: int, ndax: SandboxServer, idle: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(fds, tasks) once the sandbox holds no connection (it closes them after
+    IDLE_TIMEOUT idle) and, given the idle figures, once the service is back to
+    them; after SETTLE_DEADLINE, whatever they are (the caller's assertions then fail)."""
+    deadline = time.monotonic() + SETTLE_DEADLINE
+    while True:
+        fds, tasks = _open_fds(pid), _health(base)["tasks"]
+        back = idle is None or (fds <= idle[0] + 2 and tasks == idle[1])
+        if (ndax.open_connections == 0 and back) or time.monotonic() > deadline:
+            return fds, tasks
+        time.sleep(0.05)
 
 
 def _load(base: str, tag: str, signups: int, out: Path) -> dict[str, Any]:
@@ -70,7 +78,7 @@ def _load(base: str, tag: str, signups: int, out: Path) -> dict[str, Any]:
 def test_signup_service_soak(tmp_path: Path) -> None:
     faults = Faults(drop_before=0.03, drop_after=0.05, err503=0.03, slow_after=0.02, slow_seconds=0.5, seed=3)
     sandbox = Sandbox(faults=faults)
-    with SandboxServer(sandbox) as ndax:
+    with SandboxServer(sandbox, idle_timeout=IDLE_TIMEOUT) as ndax:
         port = _free_port()
         env = {
             **os.environ,
@@ -94,11 +102,11 @@ def test_signup_service_soak(tmp_path: Path) -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.05)
-            fds_idle, tasks_idle = _settle(base, service.pid)
+            fds_idle, tasks_idle = _settle(base, service.pid, ndax)
             first = _load(base, "soak1", SIGNUPS, tmp_path / "first.json")
-            fds_after_first, tasks_after_first = _settle(base, service.pid)
+            fds_after_first, tasks_after_first = _settle(base, service.pid, ndax, (fds_idle, tasks_idle))
             second = _load(base, "soak2", SIGNUPS // 2, tmp_path / "second.json")
-            fds_after_second, tasks_after_second = _settle(base, service.pid)
+            fds_after_second, tasks_after_second = _settle(base, service.pid, ndax, (fds_idle, tasks_idle))
         finally:
             service.send_signal(signal.SIGINT)
             service.wait(timeout=30)

@@ -22,16 +22,28 @@ def parse_faults(text: str) -> dict[str, float | int]:
     return settings
 
 
+def parse_rate_limit(text: str) -> tuple[int, float]:
+    """``"2000/10"`` as ``(2000, 10.0)``: requests per rolling window of seconds (10 if left out)."""
+    requests, _, seconds = text.partition("/")
+    try:
+        limit = (int(requests), float(seconds or 10))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected REQUESTS/SECONDS, e.g. 2000/10, not {text!r}") from None
+    if limit[0] < 1 or limit[1] <= 0:
+        raise argparse.ArgumentTypeError(f"requests and seconds must be positive, not {text!r}")
+    return limit
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from ..testing import Sandbox
     from ..testing.server import serve_forever
 
-    rate_limit = None
-    if args.rate_limit:
-        requests, _, seconds = args.rate_limit.partition("/")
-        rate_limit = (int(requests), float(seconds or 10))
-    sandbox = Sandbox(faults=parse_faults(args.faults), rate_limit=rate_limit)
-    serve_forever(sandbox, args.port, on_ready=lambda line: print(line, flush=True))
+    sandbox = Sandbox(
+        faults=parse_faults(args.faults), rate_limit=args.rate_limit, signatures=args.signatures
+    )
+    serve_forever(
+        sandbox, args.port, on_ready=lambda line: print(line, flush=True), idle_timeout=args.idle_timeout
+    )
     return 0
 
 
@@ -84,10 +96,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="ndax-async", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    sandbox = commands.add_parser("sandbox", help="serve the fake NDAX API on 127.0.0.1")
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="serve the fake NDAX API on 127.0.0.1 (counters at GET /_sandbox/stats)",
+        description="Serve the fake NDAX API on 127.0.0.1. GET /_sandbox/stats answers its counters "
+        "as JSON (no authentication; not counted, not rate limited).",
+    )
     sandbox.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
     sandbox.add_argument("--faults", default="", help="e.g. drop_after=0.1,err503=0.05,seed=7")
-    sandbox.add_argument("--rate-limit", default="", help="REQUESTS/SECONDS, e.g. 2000/10 (off by default)")
+    sandbox.add_argument(
+        "--rate-limit",
+        type=parse_rate_limit,
+        metavar="REQUESTS/SECONDS",
+        help="the per-IP limit, e.g. 2000/10 as the platform's: more in any rolling window blocks "
+        "the IP for the window, answered 429 (off by default)",
+    )
+    sandbox.add_argument(
+        "--signatures",
+        choices=["strict", "raw", "either"],
+        default="strict",
+        help="strict (default): the signed body must be what JSON.stringify prints, so it passes "
+        "every server the spec allows; raw: over the bytes sent; either: raw or JSON.stringify",
+    )
+    sandbox.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="close a keep-alive connection idle this long (default 5)",
+    )
     sandbox.set_defaults(run=_sandbox)
     backfill = commands.add_parser("backfill", help="run a JSON Lines or CSV file of operations, resumably")
     backfill.add_argument("file", help="a .jsonl (or .csv) file, one operation per row")

@@ -1,4 +1,11 @@
-"""The sandbox core as an ASGI application, for serving over real HTTP."""
+"""The sandbox core as an ASGI application, for serving over real HTTP (uvicorn, or any ASGI server).
+
+Faults map onto ASGI as follows: a reply's ``delay`` holds it (other requests
+go on meanwhile); a dropped reply promises a body and then fails, so the server
+cuts the connection without a response (:class:`ConnectionDropped`; the server
+module keeps uvicorn from logging it as an error). A body over the limit is
+answered (413) before it is read whole, and its connection is closed.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from .sandbox import MAX_BODY_BYTES
+from .sandbox import MAX_BODY_BYTES, Reply
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
@@ -35,13 +42,13 @@ class SandboxApp:
         if scope["type"] != "http":
             return
         body = bytearray()
-        while True:
+        more_body = True
+        while more_body and len(body) <= MAX_BODY_BYTES:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
-            if len(body) > MAX_BODY_BYTES or not message.get("more_body", False):
-                break
+            more_body = message.get("more_body", False)
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
@@ -49,7 +56,12 @@ class SandboxApp:
         client = (scope.get("client") or ("local", 0))[0]
         reply = self.sandbox.handle(scope["method"], target.decode("latin-1"), headers, bytes(body), client)
         if reply.delay:
-            await asyncio.sleep(reply.delay)
+            try:
+                await asyncio.sleep(reply.delay)
+            except asyncio.CancelledError:
+                # The server is shutting down and gave up waiting: cut the connection,
+                # never answer a held write with the server's own 500.
+                reply = Reply(0, b"", drop=True)
         if reply.drop:
             # Promise a body, send half of nothing, then fail: the server closes
             # the connection and the client sees it drop without a response.
@@ -59,6 +71,8 @@ class SandboxApp:
             raise ConnectionDropped("sandbox fault: connection dropped")
         raw_headers = [(k.encode(), v.encode()) for k, v in reply.headers.items()]
         raw_headers.append((b"content-length", str(len(reply.body)).encode()))  # not chunked: one piece
+        if more_body:  # the rest of the body is never read: close once answered
+            raw_headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": reply.status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": reply.body})
 

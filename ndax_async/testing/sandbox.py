@@ -3,11 +3,11 @@
 Plain Python, no HTTP framework: :meth:`Sandbox.handle` takes a request
 (method, target, headers, body bytes) and returns a :class:`Reply`. The httpx
 transport (:meth:`Sandbox.transport`) and the ASGI app (:meth:`Sandbox.asgi_app`)
-are thin adapters over it. It enforces authentication (both signature forms,
-the timestamp window), every field rule of the spec, the PATCH outcomes of the
+are thin adapters over it. It enforces authentication (signatures strict by
+default, see :mod:`._gate`; the timestamp window), every field rule of the spec, the PATCH outcomes of the
 release note, email uniqueness, custodians, minors under 18, idempotency by
 request_id, and (when enabled) the per-IP rate limit; it injects faults and
-counts everything in :attr:`Sandbox.stats`.
+counts everything in :attr:`Sandbox.stats` (served, also at ``GET /_sandbox/stats``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import json
 import threading
 import time
 import urllib.parse
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -33,6 +33,7 @@ from .._wire import rules as _rules
 from .._wire.request_ids import normalize_request_id, random_request_id
 from ..errors import DUPLICATE_PAYLOAD_TEXT, IDEMPOTENCY_CONFLICT_TEXT, PARTICIPANT_EXISTS_TEXT, Problem
 from ._faults import Faults
+from ._gate import SIGNATURE_MODES, RateLimit, SignatureMode, check_signature
 
 if TYPE_CHECKING:
     from ..client import AsyncClient
@@ -40,113 +41,22 @@ if TYPE_CHECKING:
 __all__ = ["Reply", "Sandbox"]
 
 MAX_BODY_BYTES = 1_000_000
+STATS_PATH = "/_sandbox/stats"
 TIMESTAMP_WINDOW = 60
 SUPPORTED_COUNTRIES = frozenset({"United States", "India"})
-US_STATES = frozenset(
-    [
-        "AL",
-        "AK",
-        "AZ",
-        "AR",
-        "CA",
-        "CO",
-        "CT",
-        "DE",
-        "DC",
-        "FL",
-        "GA",
-        "HI",
-        "ID",
-        "IL",
-        "IN",
-        "IA",
-        "KS",
-        "KY",
-        "LA",
-        "ME",
-        "MD",
-        "MA",
-        "MI",
-        "MN",
-        "MS",
-        "MO",
-        "MT",
-        "NE",
-        "NV",
-        "NH",
-        "NJ",
-        "NM",
-        "NY",
-        "NC",
-        "ND",
-        "OH",
-        "OK",
-        "OR",
-        "PA",
-        "RI",
-        "SC",
-        "SD",
-        "TN",
-        "TX",
-        "UT",
-        "VT",
-        "VA",
-        "WA",
-        "WV",
-        "WI",
-        "WY",
-        "PR",
-        "GU",
-        "VI",
-        "AS",
-        "MP",
-    ]
-)
-INDIA_STATES = frozenset(
-    [
-        "AN",
-        "AP",
-        "AR",
-        "AS",
-        "BR",
-        "CH",
-        "CG",
-        "CT",
-        "DN",
-        "DD",
-        "DL",
-        "GA",
-        "GJ",
-        "HR",
-        "HP",
-        "JK",
-        "JH",
-        "KA",
-        "KL",
-        "LA",
-        "LD",
-        "MP",
-        "MH",
-        "MN",
-        "ML",
-        "MZ",
-        "NL",
-        "OD",
-        "OR",
-        "PY",
-        "PB",
-        "RJ",
-        "SK",
-        "TN",
-        "TS",
-        "TG",
-        "TR",
-        "UP",
-        "UK",
-        "UT",
-        "WB",
-    ]
-)
+# fmt: off
+US_STATES = frozenset({
+    "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "DC", "FL", "GA", "HI", "ID", "IL", "IN", "IA",
+    "KS", "KY", "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM",
+    "NY", "NC", "ND", "OH", "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT", "VT", "VA", "WA",
+    "WV", "WI", "WY", "PR", "GU", "VI", "AS", "MP"
+})
+INDIA_STATES = frozenset({
+    "AN", "AP", "AR", "AS", "BR", "CH", "CG", "CT", "DN", "DD", "DL", "GA", "GJ", "HR", "HP", "JK",
+    "JH", "KA", "KL", "LA", "LD", "MP", "MH", "MN", "ML", "MZ", "NL", "OD", "OR", "PY", "PB", "RJ",
+    "SK", "TN", "TS", "TG", "TR", "UP", "UK", "UT", "WB"
+})
+# fmt: on
 _STATES = {"united states": US_STATES, "india": INDIA_STATES}
 _SEGMENT_PREFIX = (
     "Data segment validation failed. "
@@ -200,9 +110,12 @@ class Sandbox:
 
     ``faults`` (a :class:`~ndax_async.testing.Faults` or keyword mapping) turns
     fault injection on; ``rate_limit=(requests, seconds)`` turns on the per-IP
-    limit (the platform's is ``(2000, 10.0)``); ``update_allowed=False`` makes
-    PATCH answer the "platform not approved" 403. ``clock`` returns unix
-    seconds (for the timestamp window and minors' ages).
+    limit (the platform's is ``(2000, 10.0)``: more than 2,000 requests in any
+    rolling 10 s from one peer IP blocks it for 10 s, answered 429 without a
+    body); ``signatures`` is ``"strict"`` (the default), ``"raw"`` or
+    ``"either"`` (see :mod:`ndax_async.testing._gate`); ``update_allowed=False``
+    makes PATCH answer the "platform not approved" 403. ``clock`` returns unix
+    seconds (for the timestamp window, the rate limit and minors' ages).
     """
 
     def __init__(
@@ -214,6 +127,7 @@ class Sandbox:
         platform_code: str = "PLAT01",
         faults: Faults | Mapping[str, Any] | None = None,
         rate_limit: tuple[int, float] | None = None,
+        signatures: SignatureMode = "strict",
         update_allowed: bool = True,
         page_size: int = 50,
         clock: Callable[[], float] = time.time,
@@ -222,11 +136,14 @@ class Sandbox:
         self.api_secret = api_secret
         self.passphrase = passphrase
         self._key = base64.b64decode(api_secret)
+        if signatures not in SIGNATURE_MODES:
+            raise ValueError(f"signatures must be one of {', '.join(SIGNATURE_MODES)}, not {signatures!r}")
+        self.signatures: SignatureMode = signatures
         self.platform_code = platform_code
+        self.clock = clock
         self.rate_limit = rate_limit
         self.update_allowed = update_allowed
         self.page_size = page_size
-        self.clock = clock
         self._faults = faults if isinstance(faults, Faults) else Faults(**(faults or {}))
         self._lock = threading.RLock()
         self._codes = (f"P{n:07d}" for n in itertools.count(1))
@@ -235,12 +152,19 @@ class Sandbox:
         self._people: set[tuple[str, str, str, str]] = set()
         self._ledger: dict[str, _Entry] = {}
         self._payloads: dict[tuple[str, str], str] = {}
-        self._hits: dict[str, deque[float]] = defaultdict(deque)
-        self._blocked_until: dict[str, float] = {}
         self._counters: Counter[str] = Counter()
         self._by_kind: dict[str, Counter[str]] = defaultdict(Counter)
 
     # -- configuration -----------------------------------------------------------
+
+    @property
+    def rate_limit(self) -> tuple[int, float] | None:
+        """``(requests, seconds)`` of the per-IP limit, or ``None`` (off). Settable."""
+        return None if self._limit is None else (self._limit.requests, self._limit.seconds)
+
+    @rate_limit.setter
+    def rate_limit(self, value: tuple[int, float] | None) -> None:
+        self._limit = None if value is None else RateLimit(value[0], value[1], lambda: self.clock())
 
     def faults(self, **settings: Any) -> Faults:
         """Replace the fault settings (at any time); returns them. No args: all off."""
@@ -335,8 +259,11 @@ class Sandbox:
         ``requests`` (by endpoint), ``creations``, ``customers``, ``minors``,
         ``updates``, ``replays``, ``conflicts``, ``duplicate_payloads``,
         ``duplicates`` (a second participant for the same person),
-        ``validation_failures``, ``rate_limited``, ``auth_failures`` (by kind),
-        ``faults`` (by kind).
+        ``validation_failures``, ``rate_limited`` (requests refused 429 by the
+        per-IP limit), ``rate_limit_blocks`` (blocks it started), ``auth_failures``
+        (by kind; ``body_not_stringified``: signed over raw bytes that are not
+        what ``JSON.stringify`` prints), ``faults`` (by kind). Served, the same
+        is at ``GET /_sandbox/stats`` (JSON, no authentication, not counted).
         """
         with self._lock:
             snapshot: dict[str, Any] = {
@@ -352,6 +279,7 @@ class Sandbox:
                     "duplicates",
                     "validation_failures",
                     "rate_limited",
+                    "rate_limit_blocks",
                 )
             }
             for kind in ("requests", "auth_failures", "faults"):
@@ -376,6 +304,8 @@ class Sandbox:
             )
 
     def _handle(self, method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> Reply:
+        if method == "GET" and target == STATS_PATH:
+            return _json_reply(200, self.stats)
         endpoint, params = _route(method, target)
         self._count("requests", endpoint)
         limited = self._rate_limited(client)
@@ -417,22 +347,14 @@ class Sandbox:
         return attrs.evolve(reply, delay=latency) if latency else reply
 
     def _rate_limited(self, client: str) -> Reply | None:
-        if self.rate_limit is None:
+        """A bare 429 if the per-IP limit refuses this request from ``client``, else ``None``."""
+        outcome = "ok" if self._limit is None else self._limit.check(client)
+        if outcome == "ok":
             return None
-        limit, window = self.rate_limit
-        now = self.clock()
-        if self._blocked_until.get(client, 0.0) > now:
-            self._count("rate_limited")
-            return Reply(429, b"")
-        hits = self._hits[client]
-        while hits and hits[0] <= now - window:
-            hits.popleft()
-        hits.append(now)
-        if len(hits) > limit:
-            self._blocked_until[client] = now + window
-            self._count("rate_limited")
-            return Reply(429, b"")
-        return None
+        self._count("rate_limited")
+        if outcome == "overrun":
+            self._count("rate_limit_blocks")
+        return Reply(429, b"")
 
     def _authenticate(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply | None:
         key = headers.get("x-ndax-api-key")
@@ -454,29 +376,8 @@ class Sandbox:
         except (binascii.Error, ValueError):
             return self._auth_failure("bad_signature", 401, "Invalid signature")
         prefix = f"{timestamp}{method}{target}".encode()
-        for signed_body in self._signable_bodies(body):
-            expected = hmac.new(self._key, prefix + signed_body, hashlib.sha256)
-            if hmac.compare_digest(expected.digest(), given):
-                return None
-        return self._auth_failure("bad_signature", 401, "Invalid signature")
-
-    @staticmethod
-    def _signable_bodies(body: bytes) -> Iterator[bytes]:
-        """The raw bytes, then what JSON.stringify would print for the parsed body.
-
-        Lazily: the second is parsed and printed only when the raw bytes did not
-        match, which is seldom (the SDK signs the bytes it sends).
-        """
-        if not body:
-            yield b"{}"
-            return
-        yield body
-        try:
-            restringified = _json.dumps(json.loads(body))
-        except (ValueError, TypeError, RecursionError):
-            return
-        if restringified != body:
-            yield restringified
+        failure = check_signature(self._key, prefix, body, given, self.signatures)
+        return None if failure is None else self._auth_failure(failure, 401, "Invalid signature")
 
     def _auth_failure(self, kind: str, status: int, message: str) -> Reply:
         self._count("auth_failures", kind)

@@ -1,97 +1,137 @@
-"""Serve a sandbox over real HTTP on 127.0.0.1, in a thread or in the foreground.
+"""Serve a sandbox over real HTTP on 127.0.0.1 with uvicorn, in a thread or in the foreground.
 
-The server is the sandbox's own (:mod:`._http_server`), on uvloop where it is
-installed (``pip install 'ndax-async[sandbox]'``) and on asyncio's loop otherwise.
+uvicorn serves the sandbox's ASGI app (:class:`~ndax_async.testing._asgi.SandboxApp`)
+with the settings a faithful fake needs: no proxy headers (the per-IP rate limit
+goes by the peer address), no access log, and a settable keep-alive idle timeout.
+uvicorn picks its event loop and HTTP parser itself (uvloop and httptools where
+``pip install 'ndax-async[sandbox]'`` installed them).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gc
-import signal
+import logging
+import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from ._http_server import SandboxHTTPServer
+try:
+    import uvicorn
+except ImportError as missing:  # pragma: no cover - depends on the install
+    raise ImportError("serving the sandbox needs uvicorn: pip install 'ndax-async[sandbox]'") from missing
+
+from ._asgi import ConnectionDropped, SandboxApp
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
 
-__all__ = ["SandboxServer", "serve_forever"]
+__all__ = ["IDLE_TIMEOUT", "SandboxServer", "serve_forever"]
 
 HOST = "127.0.0.1"
+IDLE_TIMEOUT = 5
+"""Seconds a keep-alive connection may wait for its next request (uvicorn's default)."""
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A uvloop loop where uvloop is installed, else asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+class _QuietDrops(logging.Filter):
+    """Drops uvicorn's traceback for a :class:`ConnectionDropped` fault: it is injected, not a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ConnectionDropped))
+
+
+_quiet_drops = _QuietDrops()
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that calls ``on_started`` once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], object]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._on_started()
+
+
+def _server(sandbox: Sandbox, idle_timeout: float, on_started: Callable[[], object]) -> _Server:
+    logging.getLogger("uvicorn.error").addFilter(_quiet_drops)  # a no-op when already there
+    config = uvicorn.Config(
+        SandboxApp(sandbox),
+        log_config=None,  # leave the host application's logging as it is
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,  # then held replies are cut, as dropped ones
+        timeout_keep_alive=idle_timeout,  # type: ignore[arg-type]  # uvicorn takes any number of seconds
+    )
+    return _Server(config, on_started)
+
+
+def _listen(port: int) -> socket.socket:
+    """A socket listening on 127.0.0.1 (``port=0`` picks a free port)."""
+    return socket.create_server((HOST, port))
 
 
 class SandboxServer:
-    """A sandbox served on loopback from a background thread.
+    """A sandbox served on loopback by uvicorn from a background thread.
 
     ``with SandboxServer(sandbox) as server: server.base_url`` (port 0 picks a
-    free port). Stopping closes the server's connections and waits for its thread.
+    free port). ``idle_timeout`` is how many seconds a keep-alive connection may
+    wait for its next request before the server closes it. Stopping closes the
+    server's connections and waits for its thread.
     """
 
-    def __init__(self, sandbox: Sandbox, port: int = 0) -> None:
+    def __init__(self, sandbox: Sandbox, port: int = 0, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.sandbox = sandbox
         self.port = port
-        self._thread = threading.Thread(target=self._run, name="ndax-sandbox", daemon=True)
-        self._listening = threading.Event()
+        self.idle_timeout = idle_timeout
+        self._started = threading.Event()
+        self._server = _server(sandbox, idle_timeout, self._started.set)
+        self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:<port>``."""
         return f"http://{HOST}:{self.port}"
 
+    @property
+    def open_connections(self) -> int:
+        """How many client connections the server holds open right now."""
+        return len(self._server.server_state.connections)
+
     def start(self) -> str:
-        """Start serving; return the base URL once the socket is listening."""
+        """Start serving; return the base URL once the server accepts connections."""
+        try:
+            listener = _listen(self.port)
+        except OSError as error:
+            raise RuntimeError(f"the sandbox server failed to start on {HOST}:{self.port}") from error
+        self.port = listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._run, args=(listener,), name="ndax-sandbox", daemon=True)
         self._thread.start()
-        self._listening.wait()
+        self._started.wait()
         if self._failure is not None:
             raise RuntimeError("the sandbox server failed to start") from self._failure
         return self.base_url
 
     def stop(self) -> None:
         """Stop serving and wait for the thread to end."""
-        if self._thread.ident is None:
-            return  # never started
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
 
-    def _run(self) -> None:
-        loop = new_event_loop()
+    def _run(self, listener: socket.socket) -> None:
         try:
-            loop.run_until_complete(self._serve())
-        except Exception as failure:  # start() raises it
+            self._server.run(sockets=[listener])
+        except BaseException as failure:  # start() raises it (uvicorn exits with SystemExit)
             self._failure = failure
         finally:
-            self._listening.set()
-            loop.close()
-
-    async def _serve(self) -> None:
-        server = SandboxHTTPServer(self.sandbox, HOST, self.port)
-        self.port = await server.start()
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._listening.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await server.close()
+            listener.close()
+            self._started.set()
 
     def __enter__(self) -> SandboxServer:
         self.start()
@@ -103,53 +143,29 @@ class SandboxServer:
         self.stop()
 
 
-def serve_forever(sandbox: Sandbox, port: int = 0, on_ready: Callable[[str], object] = print) -> None:
+def serve_forever(
+    sandbox: Sandbox,
+    port: int = 0,
+    on_ready: Callable[[str], object] = print,
+    *,
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> None:
     """Serve in the foreground until SIGINT or SIGTERM; call ``on_ready(line)`` once listening.
 
-    This owns its process, so it also keeps what the sandbox stores out of the
-    garbage collector's way (:func:`freeze_after_full_collections`).
+    The line reads ``NDAX sandbox at http://127.0.0.1:<port> api_key=... api_secret=...
+    passphrase=...``. uvicorn handles the signals: it shuts down gracefully, then
+    lets the signal take its usual course (SIGINT returns from here, SIGTERM ends
+    the process).
     """
-    freeze_after_full_collections()
-
-    async def main() -> None:
-        server = SandboxHTTPServer(sandbox, HOST, port)
-        bound = await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
-                loop.add_signal_handler(signum, stop.set)
-        credentials = " ".join(f"{k}={v}" for k, v in sandbox.credentials.items())
-        on_ready(f"NDAX sandbox at http://{HOST}:{bound} {credentials}")
-        try:
-            await stop.wait()
-        finally:
-            await server.close()
-
-    loop = new_event_loop()
+    listener = _listen(port)
+    bound = listener.getsockname()[1]
+    credentials = " ".join(f"{k}={v}" for k, v in sandbox.credentials.items())
+    server = _server(
+        sandbox, idle_timeout, lambda: on_ready(f"NDAX sandbox at http://{HOST}:{bound} {credentials}")
+    )
     try:
-        loop.run_until_complete(main())
+        server.run(sockets=[listener])
     except KeyboardInterrupt:
         pass
     finally:
-        loop.close()
-
-
-def freeze_after_full_collections() -> None:
-    """After each full garbage collection, move the survivors out of later ones (``gc.freeze()``).
-
-    A sandbox keeps every participant and ledger entry it is sent, so a long
-    load test fills the oldest generation with objects that never die, and
-    each full collection walks them all: a sandbox holding 300,000 objects
-    paused 23 to 250 ms per full collection, long enough to time requests
-    out. Frozen, they are skipped; later full collections walk only what
-    arrived since. Garbage cycles among frozen objects are never collected,
-    so this is for a process that does nothing but serve a sandbox.
-    """
-    if _freeze_survivors not in gc.callbacks:
-        gc.callbacks.append(_freeze_survivors)
-
-
-def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
-    if phase == "stop" and info["generation"] == 2:
-        gc.freeze()
+        listener.close()
