@@ -14,7 +14,6 @@ from ndax_async.bulk import Journal, PostgresJournal, SqliteJournal, make_journa
 from ndax_async.bulk.journal import SCHEMA_VERSION, redact_url
 
 
-
 def other(journal: Journal, url: str, *, run: str = "test", lease: float = 30.0) -> Journal:
     """Another journal object on the same store (as another process would open it)."""
     return make_journal(url, run=run, lease=lease)
