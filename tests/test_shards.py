@@ -90,11 +90,14 @@ async def test_two_engines_on_one_shard_never_send_a_row_at_once(journal_url: st
     """Two processes started on the same shard by mistake (two engines, two journal
     objects): each row is sent by one of them; the other waits while it is held and then
     finds it done."""
-    rows = creates(80)
-    sandbox = Sandbox(faults=Faults(latency=0.005))
+    rows = creates(40)
+    sandbox = Sandbox(faults=Faults(latency=0.05))  # sends outlast claims: the runs overlap on rows
+    journals = [await make_journal(journal_url, run="same").open() for _ in range(2)]  # both ready
     async with sandbox.client() as client:
-        engines = [Bulk(client, rate=None, journal=journal_url, run="same", concurrency=8) for _ in range(2)]
+        engines = [Bulk(client, rate=None, journal=journal, concurrency=8) for journal in journals]
         first, second = await asyncio.gather(*(engine.run_all(operations(rows)) for engine in engines))
+    for journal in journals:
+        await journal.close()
     assert first.failed == second.failed == 0
     assert first.succeeded + second.succeeded == len(rows)
     assert first.skipped + second.skipped == len(rows)
