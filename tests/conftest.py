@@ -11,6 +11,7 @@ from ndax_async import AsyncClient
 from ndax_async.testing import FakeClock
 
 from .helpers import API_KEY, API_SECRET, BASE_URL, PASSPHRASE
+from .pg_fixtures import journal, journal_url, postgres, postgres_url  # noqa: F401 (the journal tests' fixtures)
 
 
 @pytest.fixture

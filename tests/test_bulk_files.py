@@ -199,7 +199,10 @@ def test_backfill_cli_dry_run_and_report(tmp_path: Path, capsys: pytest.CaptureF
                 patch.setenv(name, value)
             assert main(["backfill", str(source), "--rate", "0"]) == 1
     out = capsys.readouterr().out
-    assert "succeeded 2, skipped (already done) 0, failed 2 (bad_row 1, validation 1)" in out
+    assert (
+        "succeeded 2, existing (reconciled) 0, skipped (already done) 0, failed 2 (bad_row 1, validation 1)"
+        in out
+    )
     assert main(["backfill", str(source), "--report"]) == 1
     out = capsys.readouterr().out
     assert "failed 1, succeeded 2" in out  # the malformed row has no key to journal under

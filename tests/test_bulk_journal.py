@@ -13,8 +13,8 @@ import pytest
 
 from ndax_async import JournalError
 from ndax_async.bulk import Bulk
-from ndax_async.bulk import journal as journal_module
-from ndax_async.bulk.journal import Journal
+from ndax_async.bulk import journal_sqlite as journal_module
+from ndax_async.bulk.journal_sqlite import SqliteJournal as Journal
 from ndax_async.testing import Faults, Sandbox
 
 from .bulk_helpers import FAST, creates, operations

@@ -13,11 +13,20 @@ finishes; :attr:`Bulk.summary` totals them.
 - A retry budget shared by the run (:class:`~ndax_async.RetryQuota`) stops
   thousands of operations retrying at once against a failing server. The
   retries themselves are the client's (its tenacity loop): the engine has none.
-- With a journal (SQLite), each operation is recorded before it is sent and
-  its outcome after, before the result is reported; a run killed at any
-  instant and started again skips what succeeded and resends what was in
-  flight with the same request_id. A journal that cannot be written stops
-  the run with :class:`~ndax_async.errors.JournalError`.
+- With a journal (SQLite, or PostgreSQL by URL; see :mod:`.journal`), each
+  operation is recorded before it is sent and its outcome after, before the
+  result is reported; a run killed at any instant and started again skips
+  what succeeded and resends what was in flight with the same request_id.
+  A journal that cannot be written stops the run with
+  :class:`~ndax_async.errors.JournalError`. Rows belong to the run's name.
+- Each row is claimed with a lease (renewed while the run lasts): a row
+  another live run holds is waited for, never sent at the same time.
+- ``shard=Shard(i, n)`` runs only the rows whose key hashes to shard ``i``
+  (:mod:`.shards`); a minor whose custodian is another shard's waits for it
+  in the shared journal, up to ``custodian_wait`` seconds.
+- ``reconcile=True``: a create answering ``DuplicatePayloadError`` (applied
+  earlier under another request_id) is looked up by email and reported
+  ``existing`` with its participant_code.
 - A worker lets the event loop turn after each operation, so a run sharing
   the loop with a web app never holds it for more than one operation per
   worker, even where nothing waits (a mock, a server that answers at once).
@@ -29,9 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -41,8 +50,9 @@ from .._sending.retry import RetryEvent
 from .._sending.transport import CallScope
 from .._wire.writes import PreparedWrite
 from ..client import AsyncClient
-from ..errors import APIError, JournalError, TransportError, ValidationError
-from .journal import Journal
+from ..errors import APIError, DuplicatePayloadError, JournalError, TransportError, ValidationError
+from .claims import claim_when_free, renew_leases, wait_for_entry
+from .journal import DEFAULT_LEASE, DEFAULT_RUN, Journal, make_journal
 from .results import (
     OP_KINDS,
     BulkSummary,
@@ -51,31 +61,19 @@ from .results import (
     RowError,
     duplicate,
     failure_reason,
+    prepare_operation,
     skipped,
 )
+from .shards import Shard
 
-__all__ = ["DEFAULT_RATE", "Bulk", "prepare_operation"]
+__all__ = ["DEFAULT_CUSTODIAN_WAIT", "DEFAULT_RATE", "Bulk", "prepare_operation"]
 
 DEFAULT_RATE = 180.0  # 90% of the documented 2,000 requests per 10 seconds
+DEFAULT_CUSTODIAN_WAIT = 600.0  # how long a minor waits for another shard's custodian (seconds)
 Input = Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]
 _LATER = object()  # a custodian not created yet: try the minor again once the input is read
 _END = object()  # the input is exhausted (a sentinel: None could be an input item)
-
-
-def prepare_operation(
-    prepare: Callable[..., PreparedWrite], op: Operation, custodian_code: str | None = None
-) -> PreparedWrite:
-    """Validate and encode ``op`` with ``prepare`` (a ``prepare_write``), the minor's
-    custodian code filled in: every check a run makes before sending. Raises
-    :class:`~ndax_async.errors.ValidationError` naming every problem."""
-    data = op.data
-    if custodian_code is not None:
-        if isinstance(data, Mapping):
-            data = {k: v for k, v in data.items() if k != "custodian_key"}
-        else:
-            data = attrs.asdict(data, recurse=False)
-        data["custodian_participant_code"] = custodian_code
-    return prepare(op.op, data, participant_code=op.participant_code)
+_NEVER = object()  # another shard's custodian did not appear in the journal in time
 
 
 class Bulk:
@@ -86,7 +84,10 @@ class Bulk:
     to cap the run lower). The run's rate limit applies on top of the client's own, and its retry
     budget replaces the client's, for the run's own requests only: other calls
     on the same client, and other runs sharing it, keep their own limits.
-    ``clock`` times the run's rate limit (pass the client's, in tests).
+    ``clock`` times the run's own rate limit and its waits for held rows and
+    other shards' custodians (pass the client's, in tests). ``run`` names the
+    run's rows in the journal (default ``"default"``; a :class:`Journal` passed
+    in brings its own), and ``lease`` is how long a claim holds a row.
     """
 
     def __init__(
@@ -98,9 +99,21 @@ class Bulk:
         journal: str | Path | Journal | None = None,
         retry_quota: RetryQuota | None = None,
         clock: Clock | None = None,
+        run: str | None = None,
+        shard: Shard | None = None,
+        reconcile: bool = False,
+        custodian_wait: float = DEFAULT_CUSTODIAN_WAIT,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if isinstance(journal, Journal) and run is not None and run != journal.run:
+            raise ValueError(f"run {run!r} differs from the journal's own run {journal.run!r}")
+        self.run_name = journal.run if isinstance(journal, Journal) else (run or DEFAULT_RUN)
+        self.shard = shard
+        self.reconcile = reconcile
+        self.custodian_wait = custodian_wait
+        self.lease = lease
         self.client = client
         self.concurrency = concurrency
         self.rate = rate
@@ -151,15 +164,17 @@ class Bulk:
                 journal.begin_run()  # JournalError if another run is using it
             self.journal = journal
             producer = asyncio.create_task(self._produce(operations, results))
+            renewer = asyncio.create_task(renew_leases(journal)) if journal is not None else None
             try:
                 while (result := await results.get()) is not None:
                     self.summary.add(result)
                     yield result
                 await producer
             finally:
-                if not producer.done():
-                    producer.cancel()
-                    await asyncio.gather(producer, return_exceptions=True)
+                for task in (producer, renewer):
+                    if task is not None and not task.done():
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
         finally:
             self.summary.finished = time.monotonic()
             journal, self.journal, self._running = self.journal, None, False
@@ -183,7 +198,7 @@ class Bulk:
             return None
         if isinstance(spec, Journal):
             return spec if spec.is_open else await spec.open()
-        return await Journal(spec).open()
+        return await make_journal(spec, run=self.run_name, lease=self.lease).open()
 
     async def _produce(self, operations: Input, results: asyncio.Queue[OperationResult | None]) -> None:
         deferred: list[Operation] = []
@@ -246,6 +261,8 @@ class Bulk:
     async def _guarded(self, item: object, deferred: list[Operation] | None) -> OperationResult | None:
         """Process one item; anything else in the input becomes a ``bad_row`` failure, and a
         bug becomes that row's ``internal`` failure: never a lost row or a stopped run."""
+        if isinstance(item, (Operation, RowError)) and not self._mine(item):
+            return None  # another shard's row
         if isinstance(item, RowError):
             return await self._fail_unsent(item.key, None, item.line, "bad_row", item.reason)
         if not isinstance(item, Operation):
@@ -257,6 +274,11 @@ class Bulk:
             raise  # the journal cannot record: stop the run, as a crash would
         except Exception as error:
             return await self._record_failure(item.key, item.op, item.line, "internal", repr(error))
+
+    def _mine(self, item: Operation | RowError) -> bool:
+        """Whether ``item`` is this run's shard's (a row without a key: by its line)."""
+        key = item.key if item.key is not None else f"line {item.line}"
+        return self.shard is None or self.shard.owns(key)
 
     async def _process(self, op: Operation, deferred: list[Operation] | None) -> OperationResult | None:
         in_flight = self._custodians.get(op.key)
@@ -287,6 +309,12 @@ class Bulk:
             if found is _LATER and deferred is not None:
                 deferred.append(op)
                 return None
+            if found is _NEVER:
+                reason = (
+                    f"the custodian's key {op.custodian_key!r} never appeared in the journal within"
+                    f" {self.custodian_wait:g}s (another shard creates it): run this again once it has"
+                )
+                return await self._fail_unsent(op.key, op.op, op.line, "custodian", reason)
             if not isinstance(found, str):
                 reason = f"custodian {op.custodian_key!r} was not created (see its own row)"
                 return await self._fail_unsent(op.key, op.op, op.line, "custodian", reason)
@@ -301,7 +329,9 @@ class Bulk:
                 return repeated
             return await self._send(op, prepared, resent=False)
         # Durably "sending" before the first byte leaves, in one round trip for a new row.
-        entry = await self.journal.claim(op.key, op.op, op.line, prepared.request_id, prepared.payload_hash)
+        entry = await claim_when_free(
+            self.journal, self.clock, op.key, op.op, op.line, prepared.request_id, prepared.payload_hash
+        )
         if entry is None:
             return await self._send(op, prepared, resent=False)
         if entry.run_id == self.journal.run_id:
@@ -350,14 +380,21 @@ class Bulk:
             resent=resent,
         )
         try:
-            record = await self.client.send_write(prepared, scope=self._scope)
+            try:
+                record = await self.client.send_write(prepared, scope=self._scope)
+            except DuplicatePayloadError as error:
+                if not self.reconcile or op.op not in ("create", "create_minor"):
+                    raise
+                # Applied earlier under a request_id this SDK did not make: find it by email.
+                record = await self.client.customers.reconcile(prepared, error)
         except (APIError, TransportError) as error:
             result = attrs.evolve(
                 sent, reason=failure_reason(error), error=str(error), attempts=error.attempts
             )
         else:
             code = record.participant_code or op.participant_code
-            result = attrs.evolve(sent, outcome="succeeded", participant_code=code, attempts=record.attempts)
+            outcome: Literal["existing", "succeeded"] = "existing" if record.existing else "succeeded"
+            result = attrs.evolve(sent, outcome=outcome, participant_code=code, attempts=record.attempts)
         return await self._journal_result(result)
 
     async def _custodian_code(self, key: str, final: bool) -> str | object | None:
@@ -369,6 +406,13 @@ class Bulk:
             entry = await self.journal.get(key)
             if entry is not None and entry.state == "succeeded":
                 return entry.participant_code
+            elsewhere = self.shard is not None and not self.shard.owns(key)
+            if final and elsewhere and (entry is None or entry.state == "sending"):
+                # Another shard's create, not done yet: wait for it in the shared journal.
+                entry = await wait_for_entry(self.journal, self.clock, key, self.custodian_wait)
+                if entry is None:
+                    return _NEVER
+                return entry.participant_code if entry.state == "succeeded" else None
         elif self._created.get(key):
             return self._created[key]
         return None if final or key in self._created else _LATER
@@ -388,11 +432,12 @@ class Bulk:
                 result.key,
                 result.op or "?",
                 result.line,
-                succeeded=result.outcome == "succeeded",
+                succeeded=result.outcome in ("succeeded", "existing"),
                 participant_code=result.participant_code,
                 reason=result.reason,
                 error=result.error,
                 attempts=result.attempts,
+                existing=result.outcome == "existing",
             )
         return result
 

@@ -1,74 +1,69 @@
-"""The bulk journal: a durable record of each operation, in SQLite, off the event loop.
+"""The bulk journal: its interface, its entries, and the factory that picks a store by URL.
 
-Each operation's row is written *before* it is sent (state ``sending``, with
-its request_id and payload hash) and *after* (``succeeded`` with the
+A journal is a durable record of each operation of a named run. Each
+operation's row is written *before* it is sent (state ``sending``, with its
+request_id and payload hash) and *after* (``succeeded`` with the
 participant_code, or ``failed`` with the reason). A run killed at any instant
 and started again finds: succeeded rows to skip, and in-flight or failed rows
 to resend with the *same* request_id, so the server replays instead of
 applying twice.
 
-Every call is one SQLite transaction on one thread of the journal's own
-(a single-thread executor), so calls are committed in the order they are
-made and the event loop never waits on the disk. At the platform's rate
-(200 requests/s per IP) that is a few hundred small commits a second, far
-below what SQLite in WAL mode does (``benchmarks/bulk.py`` measures it).
+Two stores implement :class:`Journal`:
 
-If a transaction fails (disk full, file removed, locked for too long), the
-journal stops: that call and every later one raise
-:class:`~ndax_async.errors.JournalError`.
+- :class:`~ndax_async.bulk.journal_sqlite.SqliteJournal`, a file on one
+  machine (the embedded default), written on a thread of its own;
+- :class:`~ndax_async.bulk.journal_postgres.PostgresJournal`, one PostgreSQL
+  database shared by every machine (``pip install 'ndax-async[postgres]'``).
 
-The interface a bulk run uses, and another store would implement:
-:meth:`Journal.open` / :meth:`Journal.close`, :meth:`Journal.begin_run` /
-:meth:`Journal.end_run`, :meth:`Journal.claim`, :meth:`Journal.sending`,
-:meth:`Journal.finished`, :meth:`Journal.get`, :meth:`Journal.counts` and
-:meth:`Journal.failures`.
+:func:`make_journal` picks one: a ``postgresql://`` URL is PostgreSQL, anything
+else a SQLite path. Rows belong to a **run name** (the CLI's ``--run``, by
+default the input file's name), not to a path, so the same input resumes from
+any directory on any machine that reaches the journal.
+
+**Claims with a lease**: a claimed row records its holder (the claiming run's
+``run_id``) and a lease expiry (the database server's clock for PostgreSQL).
+While the lease is live, another holder's claim is refused (the entry comes
+back with ``held=True``, and the engine waits). The holder renews its leases
+(:meth:`Journal.renew`, every third of the lease) while it runs; when it dies,
+its rows become claimable once the lease expires.
+
+The schema is made on first use and versioned (a ``schema_version`` table);
+a journal made by a newer ndax-async is refused with :class:`JournalError`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-import time
+import abc
+import urllib.parse
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal
 
 import attrs
 
 from ..errors import JournalError
 
-__all__ = ["Journal", "JournalEntry"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "COLUMNS",
+    "DEFAULT_RUN",
+    "SCHEMA_VERSION",
+    "Journal",
+    "JournalEntry",
+    "check_schema_version",
+    "claim_action",
+    "entry_from_row",
+    "make_journal",
+    "redact_url",
+]
 
-T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS operations (
-    key TEXT PRIMARY KEY,
-    op TEXT NOT NULL,
-    line INTEGER,
-    request_id TEXT,
-    payload_hash TEXT,
-    state TEXT NOT NULL,
-    participant_code TEXT,
-    reason TEXT,
-    error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL,
-    run_id TEXT
-)
-"""
-COLUMNS = "key, op, line, request_id, payload_hash, state, participant_code, reason, error, attempts, run_id"
-UPSERT = (
-    "INSERT INTO operations (key, op, line, request_id, payload_hash, state, participant_code,"
-    " reason, error, attempts, updated_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT(key) DO UPDATE SET op=excluded.op, line=excluded.line,"
-    " request_id=COALESCE(excluded.request_id, request_id),"
-    " payload_hash=COALESCE(excluded.payload_hash, payload_hash), state=excluded.state,"
-    " participant_code=excluded.participant_code, reason=excluded.reason, error=excluded.error,"
-    " attempts=excluded.attempts, updated_at=excluded.updated_at, run_id=excluded.run_id"
-)
+SCHEMA_VERSION = 2
+"""1: one SQLite table keyed by the operation's key (before run names); 2: rows keyed by
+(run, key), with a holder, a lease and the ``existing`` flag."""
+DEFAULT_RUN = "default"
+DEFAULT_LEASE = 30.0
+STATES = ("sending", "succeeded", "failed")
 
 
 @attrs.frozen
@@ -87,57 +82,103 @@ class JournalEntry:
     attempts: int
     run_id: str | None = None
     """Which run wrote the entry last (see :meth:`Journal.begin_run`)."""
+    holder: str | None = None
+    """The run that claimed it last (its ``run_id``)."""
+    held: bool = False
+    """Claimed by another run whose lease is still live: not to be sent now."""
+    existing: bool = False
+    """A create found applied under a request_id this SDK did not make (reconciled)."""
 
 
-class Journal:
-    """An SQLite journal at ``path`` (``":memory:"`` for none on disk)."""
+COLUMNS = (
+    "key, op, line, request_id, payload_hash, state, participant_code, reason, error, attempts,"
+    " run_id, holder, existing"
+)
+"""The columns :func:`entry_from_row` reads, in order (the stores select them, then the lease)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+
+def entry_from_row(row: Sequence[Any], live: bool, run_id: str | None) -> JournalEntry:
+    """An entry from ``COLUMNS``; ``held`` when another run holds it on a ``live`` lease."""
+    *fields, writer, holder, existing = row
+    state = fields[5]
+    held = state == "sending" and holder is not None and holder != run_id and bool(live)
+    return JournalEntry(*fields, writer, holder, held, bool(existing))  # type: ignore[call-arg]
+
+
+def claim_action(found: JournalEntry, run_id: str | None) -> Literal["none", "mark", "take"]:
+    """What a claim by ``run_id`` does to an existing entry: leave it (this run's own,
+    or held by another), ``mark`` it as this run's (a success to skip), or ``take`` it
+    (sending, failed or lease expired: this run sends it, with the recorded request_id)."""
+    if found.run_id == run_id or found.held:
+        return "none"
+    return "mark" if found.state == "succeeded" else "take"
+
+
+def check_schema_version(found: int, location: str) -> None:
+    """Refuse a journal whose schema is newer than this version of ndax-async knows."""
+    if found > SCHEMA_VERSION:
+        raise JournalError(
+            f"the journal {location} has schema version {found}, newer than this ndax-async"
+            f" understands ({SCHEMA_VERSION}): upgrade ndax-async to use it"
+        )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class Journal(abc.ABC):
+    """The interface a bulk run uses: one run's rows in a durable store.
+
+    ``run`` names the rows this object reads and writes; ``lease`` is how long
+    a claim holds a row (seconds) unless renewed.
+    """
+
+    location: str
+    """Where the journal is, for messages (a URL's password hidden)."""
+
+    def __init__(self, *, run: str = DEFAULT_RUN, lease: float = DEFAULT_LEASE) -> None:
+        if not run:
+            raise ValueError("a run name must not be empty")
+        if lease <= 0:
+            raise ValueError("lease must be > 0 seconds")
+        self.run = run
+        self.lease = lease
         self.run_id: str | None = None
-        self._db: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._failure: JournalError | None = None
         self._in_run = False
 
     @property
+    @abc.abstractmethod
     def is_open(self) -> bool:
         """Whether :meth:`open` has succeeded and :meth:`close` has not been called since."""
-        return self._db is not None
 
+    @abc.abstractmethod
     async def open(self) -> Journal:
-        """Open (creating the file and table if needed); :class:`JournalError` if it cannot be."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ndax-journal")
-        try:
-            self._db = await asyncio.get_running_loop().run_in_executor(self._executor, _connect, self.path)
-        except sqlite3.Error as error:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise JournalError(f"the journal {self.path!r} could not be opened: {error}") from error
-        self._failure = None
-        return self
+        """Open (making the schema on first use); :class:`JournalError` if it cannot be."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        """Close the database (every call made before is committed already)."""
-        db, executor = self._db, self._executor
-        self._db = self._executor = None
-        if db is not None and executor is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, db.close)
-        if executor is not None:
-            executor.shutdown(wait=False)  # its one thread is idle now, and exits
+        """Close (every call made before is committed already)."""
 
     def begin_run(self) -> str:
-        """Start a new run: every row written from now on carries its id.
+        """Start a new run: every row written from now on carries its id, which is also
+        the holder of the rows it claims.
 
         An entry whose ``run_id`` is the current one was written by this run,
         which is how a bulk run tells a key used twice in its input from a key
-        an earlier run left behind. Runs take turns: :class:`JournalError` if
-        another run has begun and not yet ended (:meth:`end_run`).
+        an earlier run left behind. Runs of one journal object take turns:
+        :class:`JournalError` if another has begun and not yet ended. (Runs on
+        other processes or machines use journal objects of their own.)
         """
         if self._in_run:
             raise JournalError(
-                f"the journal {self.path!r} is in use by another run: runs sharing a journal"
-                " must take turns (give concurrent runs a journal each)"
+                f"the journal {self.location} is in use by another run: runs sharing a journal"
+                " object must take turns (give concurrent runs a journal object each)"
             )
         self._in_run = True
         self.run_id = uuid.uuid4().hex
@@ -147,27 +188,28 @@ class Journal:
         """End the run :meth:`begin_run` started, so that another may begin."""
         self._in_run = False
 
+    @abc.abstractmethod
     async def claim(
         self, key: str, op: str, line: int | None, request_id: str | None, payload_hash: str
     ) -> JournalEntry | None:
-        """Record ``key`` as about to be sent, unless the journal has it already.
+        """Record ``key`` as about to be sent by this run, unless the journal has it already.
 
         Returns ``None`` when the row is new (it is now durably ``sending`` with
-        ``request_id``), else the existing entry as it was: the caller decides
-        (skip it, or resend it with its recorded request_id via :meth:`sending`).
-        An entry an earlier run left is marked as this run's (at ``line``), so a
-        second use of the key in this run is seen as one.
+        ``request_id``, held by this run), else the entry as it was, after
+        :func:`claim_action`: one ``held`` by another run is left alone (try
+        again later); a success is marked as this run's (at ``line``), so a
+        second use of the key is seen as one; anything else is taken (now
+        ``sending``, held by this run: resend it with its recorded request_id
+        via :meth:`sending`).
         """
-        row = self._row(key, op, line, request_id, payload_hash, "sending", None, None, None, 0)
-        return await self._call(_claim, row)
 
+    @abc.abstractmethod
     async def sending(
         self, key: str, op: str, line: int | None, request_id: str | None, payload_hash: str
     ) -> None:
-        """Record, durably, that ``key`` is about to be sent with ``request_id``."""
-        row = self._row(key, op, line, request_id, payload_hash, "sending", None, None, None, 0)
-        await self._call(_write, row)
+        """Record, durably, that ``key`` is about to be sent with ``request_id`` (held by this run)."""
 
+    @abc.abstractmethod
     async def finished(
         self,
         key: str,
@@ -179,90 +221,34 @@ class Journal:
         reason: str | None = None,
         error: str | None = None,
         attempts: int = 0,
+        existing: bool = False,
     ) -> None:
         """Record, durably, the outcome of ``key`` (its request_id and payload hash are kept)."""
-        state = "succeeded" if succeeded else "failed"
-        row = self._row(key, op, line, None, None, state, participant_code, reason, error, attempts)
-        await self._call(_write, row)
 
+    @abc.abstractmethod
+    async def renew(self) -> None:
+        """Extend the lease of every row this run holds in state ``sending``."""
+
+    @abc.abstractmethod
     async def get(self, key: str) -> JournalEntry | None:
-        """The entry for ``key``, if any."""
-        return await self._call(_get, key)
+        """The entry for ``key`` in this run, if any."""
 
+    @abc.abstractmethod
     async def counts(self) -> dict[str, int]:
-        """How many operations are in each state."""
-        return await self._call(_counts)
+        """How many operations of this run are in each state (``existing`` apart from ``succeeded``)."""
 
+    @abc.abstractmethod
     async def failures(self) -> list[JournalEntry]:
-        """Every operation whose last recorded state is not ``succeeded``, by line."""
-        return await self._call(_failures)
-
-    def _row(self, *columns: Any) -> tuple[Any, ...]:
-        """A row as written: ``columns`` (key to attempts), then the time and the run id."""
-        return (*columns, time.time(), self.run_id)
-
-    async def _call(self, work: Callable[..., T], *args: Any) -> T:
-        """Run ``work(db, *args)`` on the journal's thread; a failure stops the journal."""
-        if self._failure is not None:
-            raise self._failure
-        if self._db is None or self._executor is None:
-            raise JournalError(f"the journal {self.path!r} is not open: await journal.open() first")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work, self._db, *args)
-        except sqlite3.Error as error:
-            self._failure = JournalError(f"the journal {self.path!r} could not be written: {error}")
-            self._failure.__cause__ = error
-            raise self._failure from error
+        """Every operation of this run whose last recorded state is not ``succeeded``, by line."""
 
 
-# The SQLite side: each function runs on the journal's thread, one transaction each.
+def make_journal(spec: str | Path, *, run: str = DEFAULT_RUN, lease: float = DEFAULT_LEASE) -> Journal:
+    """The journal at ``spec``: a ``postgresql://`` (or ``postgres://``) URL, or a SQLite path."""
+    text = str(spec)
+    if text.startswith(("postgresql://", "postgres://")):
+        from .journal_postgres import PostgresJournal
 
+        return PostgresJournal(text, run=run, lease=lease)
+    from .journal_sqlite import SqliteJournal
 
-def _connect(path: str) -> sqlite3.Connection:
-    """Open the journal at ``path``, creating the table, and migrating a journal made before run ids."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
-    db.execute(SCHEMA)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(operations)")}
-    if "run_id" not in columns:
-        db.execute("ALTER TABLE operations ADD COLUMN run_id TEXT")
-    return db
-
-
-def _entry(row: tuple[Any, ...] | None) -> JournalEntry | None:
-    return None if row is None else JournalEntry(*row)
-
-
-def _get(db: sqlite3.Connection, key: str) -> JournalEntry | None:
-    query = f"SELECT {COLUMNS} FROM operations WHERE key = ?"  # noqa: S608 (constant columns)
-    return _entry(db.execute(query, (key,)).fetchone())
-
-
-def _write(db: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-    db.execute(UPSERT, row)
-
-
-def _claim(db: sqlite3.Connection, row: tuple[Any, ...]) -> JournalEntry | None:
-    key, line, run_id = row[0], row[2], row[-1]
-    db.execute("BEGIN IMMEDIATE")  # read and write as one: another process may share the file
-    try:
-        found = _get(db, key)
-        if found is None:
-            db.execute(UPSERT, row)
-        elif found.run_id != run_id:
-            db.execute("UPDATE operations SET run_id = ?, line = ? WHERE key = ?", (run_id, line, key))
-        db.execute("COMMIT")
-    except BaseException:
-        db.rollback()
-        raise
-    return found
-
-
-def _counts(db: sqlite3.Connection) -> dict[str, int]:
-    return dict(db.execute("SELECT state, COUNT(*) FROM operations GROUP BY state").fetchall())
-
-
-def _failures(db: sqlite3.Connection) -> list[JournalEntry]:
-    query = f"SELECT {COLUMNS} FROM operations WHERE state != 'succeeded' ORDER BY line, key"  # noqa: S608
-    return [JournalEntry(*row) for row in db.execute(query)]
+    return SqliteJournal(text, run=run, lease=lease)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
 
-from .._wire.writes import ENDPOINTS
+from .._wire.writes import ENDPOINTS, PreparedWrite
 from ..errors import (
     APIError,
     DuplicatePayloadError,
@@ -28,6 +29,7 @@ __all__ = [
     "duplicate",
     "duplicate_key",
     "failure_reason",
+    "prepare_operation",
     "skipped",
 ]
 
@@ -66,15 +68,16 @@ class RowError:
 class OperationResult:
     """What happened to one operation.
 
-    ``outcome`` is ``succeeded``, ``skipped`` (already succeeded in an earlier
-    run, per the journal) or ``failed``; ``reason`` says why it failed
+    ``outcome`` is ``succeeded``, ``existing`` (a create found applied earlier
+    under a request_id this SDK did not make, when reconciling), ``skipped``
+    (already done in an earlier run, per the journal) or ``failed``; ``reason`` says why it failed
     (``bad_row``, ``validation``, ``rejected``, ``conflict``, ``server``,
     ``transport``, ``custodian``, ``internal``).
     """
 
     key: str | None
     op: str | None
-    outcome: Literal["succeeded", "skipped", "failed"]
+    outcome: Literal["succeeded", "existing", "skipped", "failed"]
     line: int | None = None
     participant_code: str | None = None
     reason: str | None = None
@@ -93,6 +96,7 @@ class BulkSummary:
     """Totals of a run."""
 
     succeeded: int = 0
+    existing: int = 0
     skipped: int = 0
     failed: int = 0
     resent: int = 0
@@ -104,7 +108,7 @@ class BulkSummary:
     @property
     def total(self) -> int:
         """Operations accounted for."""
-        return self.succeeded + self.skipped + self.failed
+        return self.succeeded + self.existing + self.skipped + self.failed
 
     @property
     def retries(self) -> int:
@@ -125,6 +129,8 @@ class BulkSummary:
         """Count one result."""
         if result.outcome == "succeeded":
             self.succeeded += 1
+        elif result.outcome == "existing":
+            self.existing += 1
         elif result.outcome == "skipped":
             self.skipped += 1
         else:
@@ -137,6 +143,7 @@ class BulkSummary:
         merged = BulkSummary(started=self.started, finished=other.finished)
         for summary in (self, other):
             merged.succeeded += summary.succeeded
+            merged.existing += summary.existing
             merged.skipped += summary.skipped
             merged.failed += summary.failed
             merged.resent += summary.resent
@@ -149,11 +156,28 @@ class BulkSummary:
         failed = ", ".join(f"{k} {v}" for k, v in self.failed_by_reason.most_common()) or "none"
         retries = ", ".join(f"{k} {v}" for k, v in self.retries_by_reason.most_common()) or "none"
         return (
-            f"succeeded {self.succeeded}, skipped (already done) {self.skipped}, failed {self.failed}"
+            f"succeeded {self.succeeded}, existing (reconciled) {self.existing},"
+            f" skipped (already done) {self.skipped}, failed {self.failed}"
             f" ({failed})\nresent after an interrupted run {self.resent};"
             f" retries {self.retries} ({retries})\n"
             f"{self.total} operations in {self.elapsed:.1f}s ({self.rate:.0f}/s)"
         )
+
+
+def prepare_operation(
+    prepare: Callable[..., PreparedWrite], op: Operation, custodian_code: str | None = None
+) -> PreparedWrite:
+    """Validate and encode ``op`` with ``prepare`` (a ``prepare_write``), the minor's
+    custodian code filled in: every check a run makes before sending. Raises
+    :class:`~ndax_async.errors.ValidationError` naming every problem."""
+    data = op.data
+    if custodian_code is not None:
+        if isinstance(data, Mapping):
+            data = {k: v for k, v in data.items() if k != "custodian_key"}
+        else:
+            data = attrs.asdict(data, recurse=False)
+        data["custodian_participant_code"] = custodian_code
+    return prepare(op.op, data, participant_code=op.participant_code)
 
 
 def failure_reason(error: APIError | TransportError) -> str:

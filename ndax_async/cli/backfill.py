@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .._wire.writes import prepare_write
-from ..bulk import Bulk, Journal, Operation, OperationResult, RowError, prepare_operation
+from ..bulk import Bulk, Operation, OperationResult, RowError, Shard, make_journal, prepare_operation
+from ..bulk.engine import DEFAULT_CUSTODIAN_WAIT
+from ..bulk.journal import DEFAULT_LEASE
 from ..bulk.results import duplicate_key
 from ..bulk.rows import count_rows, read_operations
 from ..client import AsyncClient
@@ -59,17 +61,33 @@ async def backfill(
     client: AsyncClient,
     concurrency: int,
     rate: float | None,
-    journal: Path,
+    journal: str | Path,
     results: Path,
     out: TextIO | None = None,
+    run: str | None = None,
+    shard: Shard | None = None,
+    reconcile: bool = True,
+    custodian_wait: float = DEFAULT_CUSTODIAN_WAIT,
+    lease: float = DEFAULT_LEASE,
 ) -> int:
-    """Run the file; exit status 0 only when every row succeeded (or was already done),
-    2 when the journal could not be written (the run stopped; run it again to resume)."""
+    """Run the file (only ``shard``'s rows, if given) as the run named ``run`` (default: the
+    file's name); exit status 0 only when every row succeeded (or existed, or was already
+    done), 2 when the journal could not be written (the run stopped; run it again to resume)."""
     total = await asyncio.to_thread(count_rows, path)
     progress = Progress(total, budget=client.budget)
     writer = _ResultsFile(results)
     await writer.open()
-    engine = Bulk(client, concurrency=concurrency, rate=rate, journal=journal)
+    engine = Bulk(
+        client,
+        concurrency=concurrency,
+        rate=rate,
+        journal=journal,
+        run=run or path.name,
+        shard=shard,
+        reconcile=reconcile,
+        custodian_wait=custodian_wait,
+        lease=lease,
+    )
     stopped: JournalError | None = None
     try:
         async for result in engine.run(read_operations(path)):
@@ -90,7 +108,8 @@ async def backfill(
             f" {stats.fallbacks} fallbacks, {stats.blocks_reported} 429s reported",
             file=out,
         )
-    print(f"results: {results}  journal: {journal}", file=out)
+    where = make_journal(journal).location
+    print(f"results: {results}  journal: {where}  run: {engine.run_name}", file=out)
     if stopped is not None:
         print(f"stopped: {stopped}; fix that and run the same command again to resume", file=out)
         return 2
@@ -160,17 +179,16 @@ def _problem(item: Operation | RowError, first_lines: dict[str, int | None]) -> 
     return None
 
 
-async def report(journal: Path, out: TextIO | None = None) -> int:
-    """Print the state of a run from its journal alone."""
-    opened = await Journal(journal).open()
+async def report(journal: str | Path, run: str, out: TextIO | None = None) -> int:
+    """Print the state of the run named ``run`` (every shard of it) from its journal alone."""
+    opened = await make_journal(journal, run=run).open()
     try:
         counts = await opened.counts()
         failures = await opened.failures()
     finally:
         await opened.close()
-    print(
-        "journal " + str(journal) + ": " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=out
-    )
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no rows"
+    print(f"journal {opened.location} run {run!r}: {shown}", file=out)
     for entry in failures:
         print(
             f"  line {entry.line} key {entry.key}: {entry.state} {entry.reason or ''} {entry.error or ''}",

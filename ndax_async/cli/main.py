@@ -54,16 +54,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
+    from ..bulk import Shard
     from ..client import AsyncClient
     from .backfill import backfill, dry_run, report
 
     path = Path(args.file)
-    journal = Path(args.journal) if args.journal else path.with_name(path.name + ".journal.sqlite")
+    journal = args.journal or path.with_name(path.name + ".journal.sqlite")
+    run_name = args.run_name or path.name  # the file's name, not its path: resumable from anywhere
     if args.report:
-        return asyncio.run(report(journal))
+        return asyncio.run(report(journal, run_name))
     if args.dry_run:
         return asyncio.run(dry_run(path))
-    results = Path(args.results) if args.results else path.with_name(path.name + ".results.jsonl")
+    try:
+        shard = Shard.parse(args.shard) if args.shard else None
+    except ValueError as error:
+        print(f"ndax-async backfill: {error}", file=sys.stderr)
+        return 2
+    part = f".shard-{shard.index}-of-{shard.count}" if shard is not None else ""
+    results = Path(args.results) if args.results else path.with_name(f"{path.name}{part}.results.jsonl")
 
     options: dict[str, Any] = {}
     if args.budget:
@@ -87,6 +95,11 @@ def _backfill(args: argparse.Namespace) -> int:
                 rate=rate or None,
                 journal=journal,
                 results=results,
+                run=run_name,
+                shard=shard,
+                reconcile=args.reconcile,
+                custodian_wait=args.custodian_wait,
+                lease=args.lease,
             )
 
     return asyncio.run(run())
@@ -149,7 +162,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="processes sharing the IP; each uses 1/N while Redis is down (default 4: NDAX_BUDGET_MEMBERS)",
     )
-    backfill.add_argument("--journal", help="SQLite journal (default: FILE.journal.sqlite)")
+    backfill.add_argument(
+        "--journal",
+        help="a SQLite path or a postgresql://user@host:port/db URL (default: FILE.journal.sqlite)",
+    )
+    backfill.add_argument(
+        "--run",
+        dest="run_name",
+        help="the run's name in the journal (default: FILE's name, without its directory)",
+    )
+    backfill.add_argument(
+        "--shard", default="", help="I/N: run only the rows whose key hashes to shard I (0 to N-1) of N"
+    )
+    backfill.add_argument(
+        "--custodian-wait",
+        type=float,
+        default=600.0,
+        help="seconds a minor waits for another shard to create its custodian (default 600)",
+    )
+    backfill.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        help="seconds a claimed row stays this process's unless renewed (default 30)",
+    )
+    backfill.add_argument(
+        "--no-reconcile",
+        dest="reconcile",
+        action="store_false",
+        help="a create already applied under another request_id fails (default: found by email, existing)",
+    )
     backfill.add_argument("--results", help="results file, JSON lines (default: FILE.results.jsonl)")
     backfill.add_argument("--dry-run", action="store_true", help="validate every row, send nothing")
     backfill.add_argument(
