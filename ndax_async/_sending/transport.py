@@ -2,7 +2,10 @@
 
 The body bytes and request_id are fixed by the caller before the first attempt;
 this module never re-encodes or regenerates them. Each attempt waits out any
-shared 429 pause, signs afresh with the current time, and sends. tenacity
+shared 429 pause and the rate limiter, then for one of ``max_in_flight`` slots
+(above the HTTP client's pool, so no call meets a pool timeout), and only then
+signs afresh with the current time and sends: a signature is never older than
+its send. tenacity
 drives the loop; the response body is read in full before any wait, so no
 pooled connection is held while sleeping, and a cancellation propagates at
 once (it is never classified as retryable).
@@ -18,15 +21,21 @@ import sys
 from collections.abc import Callable
 
 import attrs
-import httpx
 from tenacity import AsyncRetrying, RetryCallState
 
 from .._clock import Clock
 from .._wire.signing import EMPTY_BODY, Credentials
-from ..errors import ClientClosedError, ConnectError, RequestTimeout, TransportError
+from ..errors import (
+    ClientClosedError,
+    ConnectError,
+    RequestTimeout,
+    ResponseLostError,
+    TLSVerificationError,
+    TransportError,
+)
 from .limits import RateLimiter, RetryQuota
 from .retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
-from .senders import RawResponse, Sender, SignedSend
+from .senders import AttemptFailed, Failure, RawResponse, Sender
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as attempt_timeout
@@ -42,8 +51,11 @@ _GET_HEADERS = {"Accept": "application/json"}
 _SKEW_WARNING_SECONDS = 30
 
 
-class _DeadlineExceeded(Exception):
-    """The call's deadline left no time for another attempt."""
+class _DeadlineExceeded(AttemptFailed):
+    """The call's deadline left no time for another attempt (never retried)."""
+
+    def __init__(self) -> None:
+        super().__init__(Failure.TIMEOUT, "the call's deadline ran out")
 
 
 @attrs.frozen
@@ -78,12 +90,8 @@ class Transport:
         user_agent: str = "ndax-async",
         max_in_flight: int | None = None,
     ) -> None:
-        # A signature must never be older than its send. A sender with
-        # ``send_signed`` (the built-in one) queues attempts beyond its pool itself
-        # and signs each as it writes it; for any other, attempts beyond
-        # ``max_in_flight`` wait here, before they are signed.
-        self.send_signed: SignedSend | None = getattr(sender, "send_signed", None)
-        self.slots = asyncio.Semaphore(max_in_flight) if max_in_flight and not self.send_signed else None
+        # Attempts beyond ``max_in_flight`` wait here, before they are signed.
+        self.slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
         self.limiter = limiter
         self.quota = quota
         self.sender = sender
@@ -129,8 +137,8 @@ class Transport:
             if call.quota is not None and outcome.response.status_code < 400:
                 call.quota.refund()
             return outcome.response, call.attempts
-        # Not chained: the httpx error holds the signed request and its headers.
-        raise _transport_error(outcome.error, request_id, call.attempts) from None
+        # Chained to the AttemptFailed, which holds no request (and so no signature).
+        raise _transport_error(outcome.error, request_id, call.attempts, call.sent) from outcome.error
 
     def clock_skew_hint(self, response: RawResponse) -> str:
         """Explain a 401/403 caused by a local clock off from the server's Date."""
@@ -166,6 +174,7 @@ class _Call:
         "request_id",
         "route",
         "scope",
+        "sent",
         "started",
         "timeout",
         "transport",
@@ -195,6 +204,7 @@ class _Call:
         self.timeout = timeout
         self.started = transport.clock.monotonic()
         self.attempts = 0
+        self.sent = False  # whether any attempt may have reached the server
         self.first_outcome: Outcome | None = None
 
     def _remaining(self) -> float | None:
@@ -235,19 +245,19 @@ class _Call:
             )
         try:
             async with attempt_timeout(timeout):  # the whole attempt: the wait for a turn to the last byte
-                if transport.send_signed is not None:
-                    response = await transport.send_signed(
-                        self.method, self.url, self._signed_headers, self.body, timeout
-                    )
-                elif transport.slots is None:
+                if transport.slots is None:
                     response = await self._send(timeout)
                 else:
                     async with transport.slots:
                         response = await self._send(timeout)
-        except httpx.TransportError as error:
-            return Outcome(error=error)
+        except AttemptFailed as error:
+            if error.failure is not Failure.CONNECT and error.failure is not Failure.TLS:
+                self.sent = True
+            return Outcome(error=error.with_traceback(None))  # its frames' locals hold the headers
         except asyncio.TimeoutError:
-            return Outcome(error=httpx.ReadTimeout(f"no complete response within {timeout:g}s"))
+            self.sent = True
+            return Outcome(error=AttemptFailed(Failure.TIMEOUT, f"no complete response within {timeout:g}s"))
+        self.sent = True
         if response.status_code == 429:
             pause = parse_retry_after(response.headers.get("retry-after"), transport.clock.time())
             limit = self.policy.rate_limit_pause if pause is None else pause
@@ -272,12 +282,16 @@ class _Call:
 
     def should_retry(self, state: RetryCallState) -> bool:
         outcome = _outcome_of(state)
-        if outcome is None or retry_reason(outcome, self.policy) is None:
+        if outcome is None or isinstance(outcome.error, _DeadlineExceeded):
+            return False
+        if retry_reason(outcome, self.policy) is None:
             return False
         if self.attempts > self.policy.max_retries:
             return False  # out of attempts anyway: spend nothing from the shared budget
         quota = self.quota
-        if quota is not None and not quota.spend(timeout=isinstance(outcome.error, httpx.TimeoutException)):
+        if quota is not None and not quota.spend(
+            timeout=outcome.error is not None and outcome.error.failure is Failure.TIMEOUT
+        ):
             logger.warning(
                 "retry budget exhausted: not retrying %s %s (request_id=%s)",
                 self.method,
@@ -341,16 +355,34 @@ def _last_outcome(state: RetryCallState) -> Outcome:
     return result
 
 
-def _transport_error(error: Exception | None, request_id: str | None, attempts: int) -> TransportError:
-    if isinstance(error, _DeadlineExceeded):
-        return RequestTimeout(
-            f"the call's deadline ran out after {attempts} attempt(s)",
-            request_id=request_id,
-            attempts=attempts,
-        )
-    kind = type(error).__name__
-    detail = str(error) or kind
-    message = f"{kind}: {detail} (after {attempts} attempt(s))"
-    if isinstance(error, httpx.TimeoutException):
+def _transport_error(
+    error: AttemptFailed | None, request_id: str | None, attempts: int, sent: bool
+) -> TransportError:
+    """The error for a call that ended without a response; ``sent``: an attempt may have been applied."""
+    assert error is not None
+    tried = f"after {attempts} attempt(s)"
+    resend = (
+        f"resending the same operation is safe (same request_id {request_id})"
+        if request_id
+        else "resending is safe"
+    )
+    if error.failure is Failure.TLS:
+        message = f"{error.detail}; nothing was sent"
+        return TLSVerificationError(message, request_id=request_id, attempts=attempts)
+    if error.failure is Failure.TIMEOUT:
+        if isinstance(error, _DeadlineExceeded):
+            message = f"the call's deadline ran out {tried}"
+        else:
+            message = f"{error.detail} ({tried})"
+        if sent:
+            message += f"; it may have been applied, and {resend}"
         return RequestTimeout(message, request_id=request_id, attempts=attempts)
-    return ConnectError(message, request_id=request_id, attempts=attempts)
+    if not sent:
+        return ConnectError(
+            f"{error.detail} ({tried}); nothing was sent", request_id=request_id, attempts=attempts
+        )
+    return ResponseLostError(
+        f"response lost after {attempts} attempt(s) ({error.detail}); it may have been applied: {resend}",
+        request_id=request_id,
+        attempts=attempts,
+    )

@@ -30,10 +30,12 @@ from typing import NamedTuple
 
 import httptools
 
-from .._sending.http1 import READ_BUFFER_BYTES
 from .sandbox import MAX_BODY_BYTES, Reply, Sandbox
 
 __all__ = ["IDLE_TIMEOUT", "SandboxHTTPServer"]
+
+READ_BUFFER_BYTES = 64 * 1024
+"""The one buffer this server's connections read into (asyncio's BufferedProtocol)."""
 
 IDLE_TIMEOUT = 5.0
 """Seconds a keep-alive connection may wait for its next request (uvicorn's default)."""
@@ -73,8 +75,7 @@ class _Connection(asyncio.BufferedProtocol):
     """One client connection: parses its requests and writes the sandbox's replies in order.
 
     Bytes arrive in ``read_buffer``, which all connections share: each read is
-    parsed before the next can start (the client's sender does the same, see
-    :data:`ndax_async._sending.http1.READ_BUFFER_BYTES`).
+    parsed before the next can start (see :data:`READ_BUFFER_BYTES`).
     """
 
     def __init__(self, sandbox: Sandbox, connections: set[_Connection], read_buffer: memoryview) -> None:
