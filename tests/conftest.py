@@ -31,7 +31,9 @@ def mock() -> Iterator[respx.MockRouter]:
 
 @pytest.fixture
 async def client(clock: FakeClock, mock: respx.MockRouter) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock) as instance:
+    async with AsyncClient(
+        api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock
+    ) as instance:
         yield instance
 
 

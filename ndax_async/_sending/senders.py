@@ -146,9 +146,10 @@ def attempt_failed(error: BaseException) -> AttemptFailed:
     """
     chain = list(_chain(error))
     if any(_is_certificate_failure(link) for link in chain):
-        verify = next((link for link in chain if isinstance(link, ssl.SSLCertVerificationError)), None)
-        text = verify.verify_message if verify is not None and verify.verify_message else str(chain[-1])
-        return AttemptFailed(Failure.TLS, _short(f"the server's TLS certificate was refused: {text}"))
+        # aiohttp keeps ssl's error on ``certificate_error``; its ``verify_message`` says why.
+        found = (getattr(link, "certificate_error", link) for link in chain)
+        why = next((text for link in found if (text := getattr(link, "verify_message", None))), "")
+        return AttemptFailed(Failure.TLS, _short(f"the server's TLS certificate was refused: {why or error}"))
     source = next((link for link in chain if isinstance(link, aiohttp.ClientError)), None)
     if source is not None:
         return AttemptFailed(_aiohttp_failure(source), _short(f"{type(source).__name__}: {source}"))
