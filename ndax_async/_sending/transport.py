@@ -243,21 +243,22 @@ class _Call:
             logger.debug(
                 "%s %s attempt %d request_id=%s", self.method, self.route, self.attempts, self.request_id
             )
+        # ``timeout`` bounds each phase of the exchange (httpx's connect, write, read
+        # and pool timeouts), not the wait for a slot: a call never times out in the
+        # queue. The call's deadline, if any, bounds the whole attempt.
         try:
-            async with attempt_timeout(timeout):  # the whole attempt: the wait for a turn to the last byte
+            async with attempt_timeout(remaining):  # None (no deadline): no timer at all
                 if transport.slots is None:
                     response = await self._send(timeout)
                 else:
                     async with transport.slots:
                         response = await self._send(timeout)
         except AttemptFailed as error:
-            if error.failure is not Failure.CONNECT and error.failure is not Failure.TLS:
-                self.sent = True
+            if error.failure is Failure.TIMEOUT and timeout is not None:
+                error = AttemptFailed(Failure.TIMEOUT, f"no complete response within {timeout:g}s")
             return Outcome(error=error.with_traceback(None))  # its frames' locals hold the headers
         except asyncio.TimeoutError:
-            self.sent = True
-            return Outcome(error=AttemptFailed(Failure.TIMEOUT, f"no complete response within {timeout:g}s"))
-        self.sent = True
+            return Outcome(error=_DeadlineExceeded())
         if response.status_code == 429:
             pause = parse_retry_after(response.headers.get("retry-after"), transport.clock.time())
             limit = self.policy.rate_limit_pause if pause is None else pause
@@ -276,9 +277,14 @@ class _Call:
 
     async def _send(self, timeout: float | None) -> RawResponse:
         """Sign with the current time, then send at once."""
-        return await self.transport.sender.send(
-            self.method, self.url, self._signed_headers(), self.body, timeout
-        )
+        headers = self._signed_headers()
+        sent_before, self.sent = self.sent, True  # from here on it may reach the server...
+        try:
+            return await self.transport.sender.send(self.method, self.url, headers, self.body, timeout)
+        except AttemptFailed as error:
+            if error.failure is Failure.CONNECT or error.failure is Failure.TLS:
+                self.sent = sent_before  # ...unless no connection was made
+            raise
 
     def should_retry(self, state: RetryCallState) -> bool:
         outcome = _outcome_of(state)
