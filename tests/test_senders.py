@@ -229,3 +229,26 @@ def test_a_proxy_password_never_reaches_a_message() -> None:
     failed = attempt_failed(httpx.ProxyError("cannot reach http://user:hunter2@proxy.local:3128"))
     assert "hunter2" not in failed.detail
     assert "http://proxy.local:3128" in failed.detail
+
+
+async def test_a_call_waiting_for_a_slot_does_not_time_out_there() -> None:
+    """timeout= bounds the exchange, not the queue: the second call waits out the first
+    (longer than its timeout) for the only slot, then goes through."""
+    release = asyncio.Event()
+    answered = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal answered
+        if answered == 0:
+            await release.wait()
+        answered += 1
+        return httpx.Response(200, json={"message": {"participant_code": f"P{answered}"}})
+
+    options: dict[str, Any] = {"transport": httpx.MockTransport(answer), "max_connections": 1}
+    async with AsyncClient(**CREDENTIALS, **options, timeout=0.05, max_retries=0) as client:
+        first = asyncio.create_task(client.customers.create(customer_wire(email="a@mail.com")))
+        second = asyncio.create_task(client.customers.create(customer_wire(email="b@mail.com")))
+        await asyncio.sleep(0.2)  # four times the second call's timeout, spent waiting for the slot
+        release.set()
+        results = await asyncio.gather(first, second)
+    assert [result.participant_code for result in results] == ["P1", "P2"]
