@@ -46,8 +46,6 @@ __all__ = ["Transport"]
 
 logger = logging.getLogger("ndax_async")
 
-_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-_GET_HEADERS = {"Accept": "application/json"}
 _SKEW_WARNING_SECONDS = 30
 
 
@@ -271,7 +269,8 @@ class _Call:
         timestamp = str(int(transport.clock.time()))
         signed = self.body if self.body is not None else EMPTY_BODY
         headers = transport.credentials.headers(timestamp, self.method, self.route, signed)
-        headers.update(_JSON_HEADERS if self.body is not None else _GET_HEADERS)
+        if self.body is not None:
+            headers["Content-Type"] = "application/json"
         headers["User-Agent"] = transport.user_agent
         return headers
 
