@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = SMOKE if args.smoke else FULL
     started = time.perf_counter()
     results: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    results["load_average"] = [os.getloadavg()[0]]
     steps = (
         ("overhead", lambda: overhead.run(**plan["overhead"])),
         ("throughput", lambda: throughput.run(**plan["throughput"])),
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark: {name} ...", file=sys.stderr, flush=True)
         results[name] = step()
     results["elapsed"] = time.perf_counter() - started
+    results["load_average"].append(os.getloadavg()[0])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     report.plot(results["throughput"], args.out / "throughput.png")

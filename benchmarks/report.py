@@ -63,6 +63,9 @@ def markdown(results: dict[str, Any], *, smoke: bool) -> str:
         f"- Machine: {machine()}",
         f"- Date: {results['date']}",
         f"- Whole run: {results['elapsed']:.0f} s",
+        "- Load average (1 min) at the start and the end: "
+        + ", ".join(f"{load:.1f}" for load in results.get("load_average", []))
+        + " (above about 1, other work shared the two cores: every rate is lower, compare within the run)",
         "",
         "## Targets",
         "",
