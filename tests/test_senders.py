@@ -252,3 +252,20 @@ async def test_a_call_waiting_for_a_slot_does_not_time_out_there() -> None:
         release.set()
         results = await asyncio.gather(first, second)
     assert [result.participant_code for result in results] == ["P1", "P2"]
+
+
+async def test_your_clients_defaults_still_apply_and_the_sdk_names_itself() -> None:
+    seen: list[httpx.Headers] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        return httpx.Response(200, json={"message": {"participant_code": "P1"}})
+
+    yours = httpx.AsyncClient(transport=httpx.MockTransport(answer), headers={"X-Trace": "t-1"})
+    async with yours, AsyncClient(**CREDENTIALS, http_client=yours) as client:
+        await client.customers.create(customer_wire())
+    async with AsyncClient(**CREDENTIALS, transport=httpx.MockTransport(answer)) as client:
+        await client.customers.create(customer_wire())
+    assert seen[0]["X-Trace"] == "t-1"
+    assert [headers["User-Agent"].split("/")[0] for headers in seen] == ["ndax-async", "ndax-async"]
+    assert [headers["Content-Type"] for headers in seen] == ["application/json"] * 2
