@@ -254,7 +254,10 @@ class _Call:
         except AttemptFailed as error:
             if error.failure is Failure.TIMEOUT and timeout is not None:
                 error = AttemptFailed(Failure.TIMEOUT, f"no complete response within {timeout:g}s")
-            return Outcome(error=error.with_traceback(None))  # its frames' locals hold the headers
+            # Keep the kind and text only: its traceback's frames hold the signed headers,
+            # and on Python 3.10 a backend error can still become its __context__.
+            error.__context__ = None
+            return Outcome(error=error.with_traceback(None))
         except asyncio.TimeoutError:
             return Outcome(error=_DeadlineExceeded())
         if response.status_code == 429:
