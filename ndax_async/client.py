@@ -72,6 +72,8 @@ class AsyncClient:
     which you configure and close) to choose the HTTP layer yourself; ``verify=``
     and ``proxy=`` then do not apply, and are refused. At most
     ``max_connections`` attempts are in flight; the rest wait, unsigned.
+    ``timeout`` bounds each phase of an attempt (connect, write, each read, a
+    pooled connection), not that wait; ``deadline`` bounds the whole call.
 
     ``request_ids`` picks how a write's request_id is chosen when you do not
     pin one: ``"derived"`` (default; from the operation itself, so retries,
