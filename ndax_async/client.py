@@ -15,13 +15,13 @@ from typing import Any, Literal
 
 import attrs
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from ._clock import Clock, SystemClock
 from ._sending.budget import Budget, BudgetLimit, Priority, check_priority
-from ._sending.http1 import BuiltinSender
 from ._sending.limits import RateLimiter, RetryQuota
 from ._sending.retry import RateLimitPause, RetryEvent, RetryPolicy
-from ._sending.senders import AiohttpSender, HttpxClientSender, HttpxTransportSender, RawResponse, Sender
+from ._sending.senders import HttpxSender, RawResponse
 from ._sending.transport import CallScope, Transport
 from ._version import __version__
 from ._wire.convert import read_record
@@ -41,6 +41,7 @@ __all__ = [
     "PRODUCTION_URL",
     "AsyncClient",
     "Customers",
+    "HTTPBackend",
     "ParticipantPage",
     "Participants",
     "PreparedWrite",
@@ -54,6 +55,8 @@ More connections than that only add CPU on both ends (``benchmarks/``); tasks
 beyond the pool wait for a free connection.
 """
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+HTTPBackend = Literal["aiohttp", "httpx"]
+"""The connection pool under the SDK's ``httpx.AsyncClient``: aiohttp's (default) or httpx's own."""
 
 
 class AsyncClient:
@@ -61,12 +64,17 @@ class AsyncClient:
 
     Hold one per event loop (in a web app, one for the app's lifespan) and
     close it with ``async with`` or :meth:`aclose`; it is safe to share
-    between tasks. By default it sends through its own small HTTP/1.1 client
-    (``http_backend="builtin"``, the fastest measured); ``"aiohttp"`` (the
-    ``aiohttp`` extra) and ``"httpx"`` (httpx's transport) are there too. Pass
-    ``transport=`` (any ``httpx.AsyncBaseTransport``, called directly and closed
-    with the client) or ``http_client=`` (your ``httpx.AsyncClient``, which you
-    close) to choose the HTTP layer yourself.
+    between tasks. It sends through an ``httpx.AsyncClient`` it makes: over
+    aiohttp's connection pool by default (``http_backend="aiohttp"``, through
+    ``httpx-aiohttp``), or httpx's own (``"httpx"``). Either honours
+    ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``; ``proxy=``
+    sets one explicitly. Pass ``transport=`` (any ``httpx.AsyncBaseTransport``,
+    closed with the client) or ``http_client=`` (your ``httpx.AsyncClient``,
+    which you configure and close) to choose the HTTP layer yourself; ``verify=``
+    and ``proxy=`` then do not apply, and are refused. At most
+    ``max_connections`` attempts are in flight; the rest wait, unsigned.
+    ``timeout`` bounds each phase of an attempt (connect, write, each read, a
+    pooled connection), not that wait; ``deadline`` bounds the whole call.
 
     ``request_ids`` picks how a write's request_id is chosen when you do not
     pin one: ``"derived"`` (default; from the operation itself, so retries,
@@ -97,9 +105,10 @@ class AsyncClient:
         retry_policy: RetryPolicy | None = None,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        http_backend: Literal["auto", "builtin", "aiohttp", "httpx"] = "auto",
+        http_backend: HTTPBackend = "aiohttp",
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         verify: ssl.SSLContext | bool = True,
+        proxy: str | None = None,
         request_ids: RequestIdMode | Literal["derived", "random"] = RequestIdMode.DERIVED,
         request_id_namespace: str = "",
         send_request_id: bool | Mapping[str, bool] = True,
@@ -131,7 +140,7 @@ class AsyncClient:
         self._send_request_id = _endpoint_flags(send_request_id)
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1")
-        self._sender = _sender(http_client, transport, http_backend, max_connections, verify)
+        self._sender = _sender(http_client, transport, http_backend, max_connections, verify, proxy)
         self._clock: Clock = clock or SystemClock()
         self.rate_limit_pause = RateLimitPause(self._clock)
         self.budget, self._owns_budget = _budget(budget, budget_limit, budget_members)
@@ -162,9 +171,9 @@ class AsyncClient:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
         """Build a client from ``NDAX_API_KEY``, ``NDAX_API_SECRET``,
-        ``NDAX_PASSPHRASE`` and (optionally) ``NDAX_BASE_URL``, ``NDAX_BUDGET_URL``
-        (``redis://host:port/db``), ``NDAX_BUDGET_LIMIT`` (``2000/10``) and
-        ``NDAX_BUDGET_MEMBERS`` (processes sharing the IP; default 4)."""
+        ``NDAX_PASSPHRASE`` and (optionally) ``NDAX_BASE_URL``, ``NDAX_PROXY``,
+        ``NDAX_BUDGET_URL`` (``redis://host:port/db``), ``NDAX_BUDGET_LIMIT``
+        (``2000/10``) and ``NDAX_BUDGET_MEMBERS`` (processes sharing the IP; default 4)."""
         env = os.environ if environ is None else environ
         missing = [
             name for name in ("NDAX_API_KEY", "NDAX_API_SECRET", "NDAX_PASSPHRASE") if not env.get(name)
@@ -172,6 +181,8 @@ class AsyncClient:
         if missing:
             raise ConfigurationError("missing environment variable(s): " + ", ".join(missing))
         options.setdefault("base_url", env.get("NDAX_BASE_URL") or PRODUCTION_URL)
+        if env.get("NDAX_PROXY") and "http_client" not in options and "transport" not in options:
+            options.setdefault("proxy", env["NDAX_PROXY"])
         if env.get("NDAX_BUDGET_URL"):
             options.setdefault("budget", env["NDAX_BUDGET_URL"])
         if env.get("NDAX_BUDGET_LIMIT"):
@@ -354,27 +365,31 @@ def _sender(
     backend: str,
     max_connections: int,
     verify: ssl.SSLContext | bool,
-) -> Sender:
+    proxy: str | None,
+) -> HttpxSender:
     """The sender for the options given: the caller's client or transport, else the backend named."""
-    if backend not in ("auto", "builtin", "aiohttp", "httpx"):
-        raise ConfigurationError("http_backend must be 'auto', 'builtin', 'aiohttp' or 'httpx'")
+    if backend not in ("aiohttp", "httpx"):
+        raise ConfigurationError("http_backend must be 'aiohttp' or 'httpx'")
     if http_client is not None and transport is not None:
         raise ConfigurationError("pass http_client or transport, not both")
+    if http_client is not None or transport is not None:
+        given = "http_client" if http_client is not None else "transport"
+        for name, value in (("verify", verify is not True), ("proxy", proxy is not None)):
+            if value:
+                raise ConfigurationError(f"{name}= does not apply with {given}=: set it on your {given}")
     if http_client is not None:
-        return HttpxClientSender(http_client)
-    if transport is not None:
-        return HttpxTransportSender(transport)
-    if backend == "aiohttp":
-        try:
-            return AiohttpSender(max_connections, verify=verify)
-        except ImportError:
-            raise ConfigurationError(
-                "http_backend='aiohttp' needs aiohttp: pip install 'ndax-async[aiohttp]'"
-            ) from None
-    if backend == "httpx":
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        return HttpxTransportSender(httpx.AsyncHTTPTransport(limits=limits, verify=verify))
-    return BuiltinSender(max_connections, verify=verify)
+        return HttpxSender(http_client, owned=False)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    # timeout=None: each attempt passes its own (``AsyncClient(timeout=...)``), None meaning none.
+    if transport is not None:  # trust_env off: the environment's proxies would route around it
+        own = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)  # noqa: S113
+        return HttpxSender(own, owned=True)
+    client_type = HttpxAiohttpClient if backend == "aiohttp" else httpx.AsyncClient
+    try:
+        client = client_type(limits=limits, verify=verify, proxy=proxy, timeout=None, trust_env=True)
+    except (ValueError, ImportError) as error:  # a malformed proxy URL, or socks:// without socksio
+        raise ConfigurationError(f"proxy: {error}") from None
+    return HttpxSender(client, owned=True)
 
 
 def _budget(

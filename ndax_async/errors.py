@@ -8,7 +8,9 @@ Every exception derives from :class:`NDAXError`::
     ├── ClientClosedError (RuntimeError)    the client was used after aclose()
     ├── JournalError                        a bulk run's journal could not be written; the run stops
     ├── TransportError                      no HTTP response after every allowed attempt
-    │   ├── ConnectError                    connection refused, reset, dropped, protocol error
+    │   ├── ConnectError                    no connection could be made: nothing was sent
+    │   │   └── TLSVerificationError        the server's certificate was refused (never retried)
+    │   ├── ResponseLostError               sent, but no complete response: it may have been applied
     │   └── RequestTimeout (TimeoutError)   a timeout, or the call's deadline ran out
     └── APIError                            the server answered with an error status
         ├── BadRequestError                 400
@@ -26,7 +28,9 @@ Every exception derives from :class:`NDAXError`::
 Every :class:`APIError` carries ``status_code``, ``body`` (the parsed JSON, or
 ``None``), ``raw_text`` (the body exactly as received), ``request_id`` and
 ``errors`` (each message the server gave). None of them ever holds a secret,
-a passphrase or a signature.
+a passphrase or a signature. A :class:`TransportError`'s ``__cause__`` says
+what happened to the last attempt (its ``failure`` and a short text), without
+the request, whose headers hold the signature.
 """
 
 from __future__ import annotations
@@ -56,13 +60,17 @@ __all__ = [
     "Problem",
     "RateLimitError",
     "RequestTimeout",
+    "ResponseLostError",
     "ServerError",
+    "TLSVerificationError",
     "TransportError",
     "ValidationError",
     "error_from_response",
 ]
 
-_MAX_RAW_IN_MESSAGE = 300
+_MAX_RAW_IN_MESSAGE = 200
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
+_HTML_TAG = re.compile(r"<[^>]*>")
 
 # The platform's wording for the idempotency conflicts (spec, "Idempotency").
 # The sandbox answers with these same texts.
@@ -135,7 +143,23 @@ class TransportError(NDAXError):
 
 
 class ConnectError(TransportError):
-    """The connection failed, was dropped, or broke the HTTP protocol."""
+    """No connection could be made (refused, DNS, a proxy that refused): nothing was sent."""
+
+
+class TLSVerificationError(ConnectError):
+    """The server's TLS certificate was refused; nothing was sent, and it is not retried.
+
+    Pass ``verify=`` (an ``ssl.SSLContext`` trusting your CA) if the server is yours.
+    """
+
+
+class ResponseLostError(TransportError):
+    """The request was sent, and no complete response came back (dropped, reset, broken).
+
+    It may have been applied. Resending the same operation is safe: its
+    request_id is the same, so the server replays the first result instead of
+    applying it twice.
+    """
 
 
 class RequestTimeout(TransportError, TimeoutError):
@@ -241,8 +265,7 @@ def parse_error_body(raw_text: str) -> tuple[Any, list[str]]:
     try:
         body = json.loads(raw_text) if raw_text.strip() else None
     except ValueError:
-        body = None
-        text = raw_text.strip()
+        text = _page_text(raw_text)
         return None, [_shorten(text)] if text else []
     messages: list[str] = []
     if isinstance(body, dict):
@@ -321,6 +344,15 @@ def _as_text(item: Any) -> str:
     if isinstance(item, str):
         return item
     return _shorten(json.dumps(item, ensure_ascii=False, default=str))
+
+
+def _page_text(raw_text: str) -> str:
+    """The gist of a body that is not JSON: an HTML page's title (a proxy's error page), or its text."""
+    text = raw_text.strip()
+    if text.startswith("<"):
+        title = _HTML_TITLE.search(text)
+        text = title.group(1) if title else _HTML_TAG.sub(" ", text)
+    return " ".join(text.split())
 
 
 def _shorten(text: str) -> str:

@@ -1,4 +1,9 @@
-"""Shared fixtures: a fake clock, a respx router, a client over it."""
+"""Shared fixtures: a fake clock, a respx router, a client (on its default backend) under it.
+
+``respx.mock(using="httpx")`` intercepts every ``httpx.AsyncClient``, the
+default one (over aiohttp's pool) included; plain ``respx.mock`` patches only
+httpx's own pool.
+"""
 
 from __future__ import annotations
 
@@ -21,14 +26,14 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def mock() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BASE_URL, assert_all_called=False) as router:
+    with respx.mock(base_url=BASE_URL, assert_all_called=False, using="httpx") as router:
         yield router
 
 
 @pytest.fixture
 async def client(clock: FakeClock, mock: respx.MockRouter) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(
-        api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock, http_backend="httpx"
+        api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock
     ) as instance:
         yield instance
 

@@ -328,7 +328,7 @@ async def test_closing_the_client_stops_a_call_that_is_waiting_to_retry(clock: F
         await call
 
 
-@pytest.mark.parametrize("backend", ["builtin", "aiohttp"])
+@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
 async def test_client_is_bound_to_its_event_loop(backend: str) -> None:
     from ndax_async.testing import Sandbox, SandboxServer
 
@@ -346,7 +346,7 @@ async def test_client_is_bound_to_its_event_loop(backend: str) -> None:
         await client.aclose()
 
 
-@pytest.mark.parametrize("backend", ["builtin", "aiohttp", "httpx"])
+@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
 async def test_timeout_bounds_a_whole_attempt_and_a_resend_replays(backend: str) -> None:
     from ndax_async.testing import Faults, Sandbox, SandboxServer
 
@@ -366,7 +366,7 @@ async def test_timeout_bounds_a_whole_attempt_and_a_resend_replays(backend: str)
     assert customer.email == customer_wire()["email"]
 
 
-@pytest.mark.parametrize("backend", ["builtin", "aiohttp", "httpx"])
+@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
 async def test_a_cancelled_call_leaves_the_pool_usable(backend: str) -> None:
     from ndax_async.testing import Faults, Sandbox, SandboxServer
 

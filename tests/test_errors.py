@@ -38,12 +38,7 @@ from .helpers import customer_wire
         (403, '{"error": true, "message": "IP not allowed"}', PermissionDeniedError, "IP not allowed"),
         (404, '{"error": "Not Found"}', NotFoundError, "Not Found"),
         (500, '{"error": "Internal Server Error"}', ServerError, "Internal Server Error"),
-        (
-            503,
-            "<html><body>Service Unavailable</body></html>",
-            ServerError,
-            "<html><body>Service Unavailable</body></html>",
-        ),
+        (503, "<html><body>Service Unavailable</body></html>", ServerError, "Service Unavailable"),
         (429, "", RateLimitError, "rate limited"),
         (418, "[1, 2]", APIError, "1; 2"),
         (400, '{"errors": "single string"}', BadRequestError, "single string"),

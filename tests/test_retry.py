@@ -21,6 +21,7 @@ from ndax_async import (
     PermissionDeniedError,
     RateLimitError,
     RequestTimeout,
+    ResponseLostError,
     RetryEvent,
     RetryPolicy,
     ServerError,
@@ -37,7 +38,6 @@ def ok() -> httpx.Response:
 
 
 def make_client(clock: FakeClock, **options: object) -> AsyncClient:
-    options.setdefault("http_backend", "httpx")  # respx intercepts httpx
     return AsyncClient(api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, clock=clock, **options)  # type: ignore[arg-type]
 
 
@@ -98,9 +98,9 @@ async def test_server_hints_allow_or_forbid_a_retry(client: AsyncClient, mock: r
     ("error", "raised"),
     [
         (httpx.ConnectError("refused"), ConnectError),
-        (httpx.RemoteProtocolError("Server disconnected without sending a response."), ConnectError),
-        (httpx.ReadError("reset"), ConnectError),
-        (httpx.WriteError("broken pipe"), ConnectError),
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), ResponseLostError),
+        (httpx.ReadError("reset"), ResponseLostError),
+        (httpx.WriteError("broken pipe"), ResponseLostError),
         (httpx.ReadTimeout("slow"), RequestTimeout),
         (httpx.ConnectTimeout("slow"), RequestTimeout),
         (httpx.PoolTimeout("pool"), RequestTimeout),

@@ -14,10 +14,9 @@ import random
 from collections.abc import Callable
 
 import attrs
-import httpx
 
 from .._clock import Clock
-from .senders import RawResponse
+from .senders import AttemptFailed, Failure, RawResponse
 
 __all__ = [
     "Outcome",
@@ -29,16 +28,10 @@ __all__ = [
     "retry_reason",
 ]
 
-# Transport failures worth another attempt. A dropped connection after the
-# server committed is exactly what a stable request_id makes safe to resend.
-_RETRYABLE_ERRORS: tuple[tuple[type[Exception], str], ...] = (
-    (httpx.TimeoutException, "timeout"),
-    (httpx.RemoteProtocolError, "server disconnected"),
-    (httpx.ConnectError, "connect error"),
-    (httpx.ReadError, "read error"),
-    (httpx.WriteError, "write error"),
-    (httpx.NetworkError, "network error"),
-)
+# Attempts without a response worth another one. A response lost after the
+# server committed is exactly what a stable request_id makes safe to resend; a
+# refused certificate will be refused again.
+_RETRYABLE_FAILURES = frozenset({Failure.CONNECT, Failure.LOST, Failure.TIMEOUT})
 
 
 @attrs.frozen(kw_only=True)
@@ -68,10 +61,10 @@ class RetryPolicy:
 
 @attrs.frozen
 class Outcome:
-    """One attempt's result: a response, or the transport error instead of one."""
+    """One attempt's result: a response, or what happened instead of one."""
 
     response: RawResponse | None = None
-    error: Exception | None = None
+    error: AttemptFailed | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -91,12 +84,10 @@ class RetryEvent:
 def retry_reason(outcome: Outcome, policy: RetryPolicy) -> str | None:
     """Why this outcome may be retried (for logs and hooks), or ``None``."""
     if outcome.error is not None:
-        if not policy.retry_transport_errors:
+        failure = outcome.error.failure
+        if not policy.retry_transport_errors or failure not in _RETRYABLE_FAILURES:
             return None
-        for error_type, reason in _RETRYABLE_ERRORS:
-            if isinstance(outcome.error, error_type):
-                return reason
-        return None
+        return failure.value
     response = outcome.response
     assert response is not None
     status = response.status_code

@@ -2,7 +2,10 @@
 
 The body bytes and request_id are fixed by the caller before the first attempt;
 this module never re-encodes or regenerates them. Each attempt waits out any
-shared 429 pause, signs afresh with the current time, and sends. tenacity
+shared 429 pause and the rate limiter, then for one of ``max_in_flight`` slots
+(above the HTTP client's pool, so no call meets a pool timeout), and only then
+signs afresh with the current time and sends: a signature is never older than
+its send. tenacity
 drives the loop; the response body is read in full before any wait, so no
 pooled connection is held while sleeping, and a cancellation propagates at
 once (it is never classified as retryable).
@@ -18,16 +21,22 @@ import sys
 from collections.abc import Callable
 
 import attrs
-import httpx
 from tenacity import AsyncRetrying, RetryCallState
 
 from .._clock import Clock
 from .._wire.signing import EMPTY_BODY, Credentials
-from ..errors import ClientClosedError, ConnectError, RequestTimeout, TransportError
+from ..errors import (
+    ClientClosedError,
+    ConnectError,
+    RequestTimeout,
+    ResponseLostError,
+    TLSVerificationError,
+    TransportError,
+)
 from .budget import INTERACTIVE, Budget, Priority
 from .limits import RateLimiter, RetryQuota
 from .retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
-from .senders import RawResponse, Sender, SignedSend
+from .senders import AttemptFailed, Failure, RawResponse, Sender
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as attempt_timeout
@@ -38,13 +47,14 @@ __all__ = ["Transport"]
 
 logger = logging.getLogger("ndax_async")
 
-_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-_GET_HEADERS = {"Accept": "application/json"}
 _SKEW_WARNING_SECONDS = 30
 
 
-class _DeadlineExceeded(Exception):
-    """The call's deadline left no time for another attempt."""
+class _DeadlineExceeded(AttemptFailed):
+    """The call's deadline left no time for another attempt (never retried)."""
+
+    def __init__(self) -> None:
+        super().__init__(Failure.TIMEOUT, "the call's deadline ran out")
 
 
 @attrs.frozen
@@ -83,12 +93,8 @@ class Transport:
         budget: Budget | None = None,
         budget_priority: Priority = INTERACTIVE,
     ) -> None:
-        # A signature must never be older than its send. A sender with
-        # ``send_signed`` (the built-in one) queues attempts beyond its pool itself
-        # and signs each as it writes it; for any other, attempts beyond
-        # ``max_in_flight`` wait here, before they are signed.
-        self.send_signed: SignedSend | None = getattr(sender, "send_signed", None)
-        self.slots = asyncio.Semaphore(max_in_flight) if max_in_flight and not self.send_signed else None
+        # Attempts beyond ``max_in_flight`` wait here, before they are signed.
+        self.slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
         self.limiter = limiter
         self.quota = quota
         self.sender = sender
@@ -136,8 +142,8 @@ class Transport:
             if call.quota is not None and outcome.response.status_code < 400:
                 call.quota.refund(call.spent)  # a retried success gives back all its retries took
             return outcome.response, call.attempts
-        # Not chained: the httpx error holds the signed request and its headers.
-        raise _transport_error(outcome.error, request_id, call.attempts) from None
+        # Chained to the AttemptFailed, which holds no request (and so no signature).
+        raise _transport_error(outcome.error, request_id, call.attempts, call.sent) from outcome.error
 
     def clock_skew_hint(self, response: RawResponse) -> str:
         """Explain a 401/403 caused by a local clock off from the server's Date."""
@@ -174,6 +180,7 @@ class _Call:
         "request_id",
         "route",
         "scope",
+        "sent",
         "spent",
         "started",
         "timeout",
@@ -206,6 +213,7 @@ class _Call:
         self.started = transport.clock.monotonic()
         self.attempts = 0
         self.spent = 0  # retry-quota tokens this call's retries took
+        self.sent = False  # whether any attempt may have reached the server
         self.first_outcome: Outcome | None = None
 
     def _remaining(self) -> float | None:
@@ -249,21 +257,25 @@ class _Call:
             logger.debug(
                 "%s %s attempt %d request_id=%s", self.method, self.route, self.attempts, self.request_id
             )
+        # ``timeout`` bounds each phase of the exchange (httpx's connect, write, read
+        # and pool timeouts), not the wait for a slot: a call never times out in the
+        # queue. The call's deadline, if any, bounds the whole attempt.
         try:
-            async with attempt_timeout(timeout):  # the whole attempt: the wait for a turn to the last byte
-                if transport.send_signed is not None:
-                    response = await transport.send_signed(
-                        self.method, self.url, self._signed_headers, self.body, timeout
-                    )
-                elif transport.slots is None:
+            async with attempt_timeout(remaining):  # None (no deadline): no timer at all
+                if transport.slots is None:
                     response = await self._send(timeout)
                 else:
                     async with transport.slots:
                         response = await self._send(timeout)
-        except httpx.TransportError as error:
-            return Outcome(error=error)
+        except AttemptFailed as error:
+            if error.failure is Failure.TIMEOUT and timeout is not None:
+                error = AttemptFailed(Failure.TIMEOUT, f"no complete response within {timeout:g}s")
+            # Keep the kind and text only: its traceback's frames hold the signed headers,
+            # and on Python 3.10 a backend error can still become its __context__.
+            error.__context__ = None
+            return Outcome(error=error.with_traceback(None))
         except asyncio.TimeoutError:
-            return Outcome(error=httpx.ReadTimeout(f"no complete response within {timeout:g}s"))
+            return Outcome(error=_DeadlineExceeded())
         if response.status_code == 429:
             pause = parse_retry_after(response.headers.get("retry-after"), transport.clock.time())
             limit = self.policy.rate_limit_pause if pause is None else pause
@@ -278,24 +290,32 @@ class _Call:
         timestamp = str(int(transport.clock.time()))
         signed = self.body if self.body is not None else EMPTY_BODY
         headers = transport.credentials.headers(timestamp, self.method, self.route, signed)
-        headers.update(_JSON_HEADERS if self.body is not None else _GET_HEADERS)
+        if self.body is not None:
+            headers["Content-Type"] = "application/json"
         headers["User-Agent"] = transport.user_agent
         return headers
 
     async def _send(self, timeout: float | None) -> RawResponse:
         """Sign with the current time, then send at once."""
-        return await self.transport.sender.send(
-            self.method, self.url, self._signed_headers(), self.body, timeout
-        )
+        headers = self._signed_headers()
+        sent_before, self.sent = self.sent, True  # from here on it may reach the server...
+        try:
+            return await self.transport.sender.send(self.method, self.url, headers, self.body, timeout)
+        except AttemptFailed as error:
+            if error.failure is Failure.CONNECT or error.failure is Failure.TLS:
+                self.sent = sent_before  # ...unless no connection was made
+            raise
 
     def should_retry(self, state: RetryCallState) -> bool:
         outcome = _outcome_of(state)
-        if outcome is None or retry_reason(outcome, self.policy) is None:
+        if outcome is None or isinstance(outcome.error, _DeadlineExceeded):
+            return False
+        if retry_reason(outcome, self.policy) is None:
             return False
         if self.attempts > self.policy.max_retries:
             return False  # out of attempts anyway: spend nothing from the shared budget
         quota = self.quota
-        timed_out = isinstance(outcome.error, httpx.TimeoutException)
+        timed_out = outcome.error is not None and outcome.error.failure is Failure.TIMEOUT
         spent = quota.spend(timeout=timed_out) if quota is not None else 0
         if quota is not None and not spent:
             logger.warning(
@@ -362,16 +382,34 @@ def _last_outcome(state: RetryCallState) -> Outcome:
     return result
 
 
-def _transport_error(error: Exception | None, request_id: str | None, attempts: int) -> TransportError:
-    if isinstance(error, _DeadlineExceeded):
-        return RequestTimeout(
-            f"the call's deadline ran out after {attempts} attempt(s)",
-            request_id=request_id,
-            attempts=attempts,
-        )
-    kind = type(error).__name__
-    detail = str(error) or kind
-    message = f"{kind}: {detail} (after {attempts} attempt(s))"
-    if isinstance(error, httpx.TimeoutException):
+def _transport_error(
+    error: AttemptFailed | None, request_id: str | None, attempts: int, sent: bool
+) -> TransportError:
+    """The error for a call that ended without a response; ``sent``: an attempt may have been applied."""
+    assert error is not None
+    tried = f"after {attempts} attempt(s)"
+    resend = (
+        f"resending the same operation is safe (same request_id {request_id})"
+        if request_id
+        else "resending is safe"
+    )
+    if error.failure is Failure.TLS:
+        message = f"{error.detail}; nothing was sent"
+        return TLSVerificationError(message, request_id=request_id, attempts=attempts)
+    if error.failure is Failure.TIMEOUT:
+        if isinstance(error, _DeadlineExceeded):
+            message = f"the call's deadline ran out {tried}"
+        else:
+            message = f"{error.detail} ({tried})"
+        if sent:
+            message += f"; it may have been applied, and {resend}"
         return RequestTimeout(message, request_id=request_id, attempts=attempts)
-    return ConnectError(message, request_id=request_id, attempts=attempts)
+    if not sent:
+        return ConnectError(
+            f"{error.detail} ({tried}); nothing was sent", request_id=request_id, attempts=attempts
+        )
+    return ResponseLostError(
+        f"response lost after {attempts} attempt(s) ({error.detail}); it may have been applied: {resend}",
+        request_id=request_id,
+        attempts=attempts,
+    )
