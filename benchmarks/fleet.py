@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextvars
 import json
+import math
 import os
 import re
 import shutil
@@ -136,12 +137,16 @@ def member(path: str, grants_path: str) -> int:
 
 async def web(out_path: str, rate: float, seconds: float, deadline: float) -> None:
     """Interactive creates at ``rate``/s for ``seconds``; writes latencies and budget waits."""
-    from ndax_async import AsyncClient, NDAXError
+    from ndax_async import AsyncClient, NDAXError, RedisBudget
 
     instrument()
-    client = AsyncClient.from_env()
-    budget = client.budget
-    assert budget is not None
+    # The web needs 400 requests a window, about a fifth of the limit: while Redis is down it
+    # gets a share of 480 (FLEET_SHARE), each backfill 330 (NDAX_BUDGET_MEMBERS=6): 1,800 of 1,980.
+    environ = os.environ
+    budget = RedisBudget(
+        environ["FLEET_BUDGET_URL"], environ["FLEET_BUDGET_LIMIT"], fallback_share=int(environ["FLEET_SHARE"])
+    )
+    client = AsyncClient.from_env(budget=budget)
     # Per acquire: (wall time, total wait, queue wait before the first try, tries,
     # seconds in tries (Redis round trips), first refusal's reason: "" none, "window", "pause").
     waits: list[tuple[float, float, float, int, float, str]] = []
@@ -192,7 +197,7 @@ async def web(out_path: str, rate: float, seconds: float, deadline: float) -> No
             await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
         await asyncio.gather(*tasks)
         stats = budget.stats
-        member = getattr(budget, "_member", "")
+    await budget.aclose()  # the client closes only a budget it made
     await asyncio.to_thread(
         Path(out_path).write_text,
         json.dumps(
@@ -202,7 +207,6 @@ async def web(out_path: str, rate: float, seconds: float, deadline: float) -> No
                 "failures": sorted(set(failures)),
                 "latencies": latencies,
                 "waits": waits,
-                "member": member,
                 "fallbacks": stats.fallbacks,
                 "blocks_reported": stats.blocks_reported,
                 "grants": GRANTS,
@@ -299,8 +303,16 @@ def run_fleet(folder: Path, *, rows: int, web_seconds: float, limit: str, faults
         "NDAX_BASE_URL": base_url,
         "NDAX_BUDGET_URL": redis_server.url,
         "NDAX_BUDGET_LIMIT": limit,
-        "NDAX_BUDGET_MEMBERS": "5",
     }
+    # While Redis is down: the web gets 1.2x its need (40/s) as its share, and the
+    # backfills split the rest (2000/10: web 480, backfills 1980 // 6 = 330 each).
+    from ndax_async import BudgetLimit
+
+    effective = BudgetLimit.parse(limit).interactive_ceiling
+    web_share = math.ceil(1.2 * 40 * BudgetLimit.parse(limit).window)
+    env["NDAX_BUDGET_MEMBERS"] = str(math.ceil(4 * effective / (effective - web_share)))
+    web_env = {k: v for k, v in env.items() if not k.startswith("NDAX_BUDGET")}
+    web_env.update(FLEET_BUDGET_URL=redis_server.url, FLEET_BUDGET_LIMIT=limit, FLEET_SHARE=str(web_share))
     files = []
     for m in range(4):
         path = folder / f"member{m}.jsonl"
@@ -323,7 +335,7 @@ def run_fleet(folder: Path, *, rows: int, web_seconds: float, limit: str, faults
     web_out = folder / "web.json"
     web_process = subprocess.Popen(
         [PYTHON, "-m", "benchmarks.fleet", "web", str(web_out), "--seconds", str(web_seconds)],
-        env=env,
+        env=web_env,
         cwd=HERE.parent,
     )
     members = [backfill(path) for path in files]
@@ -358,7 +370,10 @@ def run_fleet(folder: Path, *, rows: int, web_seconds: float, limit: str, faults
         grants[path.name.split(".")[0] + "." + path.name.split(".")[1][len("grants") :]] = json.loads(
             path.read_text()
         )
-    return summarize(sandbox, web_result, grants, started, rows, codes, events, limit)
+    result = summarize(sandbox, web_result, grants, started, rows, codes, events, limit)
+    # Kept for analysis in fleet-<scenario>.last.json, not in fleet.json.
+    result["raw"] = {"grants": grants, "arrivals": sandbox["arrivals"], "started": started}
+    return result
 
 
 def summarize(
@@ -455,16 +470,18 @@ def wait_breakdown(waits: list[list[Any]]) -> dict[str, Any]:
 
 
 def grant_delays(grants: dict[str, list[Any]], arrivals: list[list[Any]]) -> dict[str, Any]:
-    """Grant (Redis TIME) -> arrival at the sandbox, per request, paired by request_id (first arrival)."""
-    arrived: dict[str, float] = {}
-    for t, _, request_id in arrivals:
+    """Grant (Redis TIME) -> arrival at the sandbox, per request, paired by request_id."""
+    arrived: dict[str, list[float]] = {}
+    for t, _, request_id in sorted(arrivals):
         if request_id:
-            arrived.setdefault(request_id, t)
+            arrived.setdefault(request_id, []).append(t)
     delays, handed = [], []
     for log in grants.values():
         for redis_time, wall, sent, request_id in log:
-            if redis_time is not None and request_id in arrived:
-                delays.append(arrived[request_id] - redis_time)
+            # The first arrival after the grant (a resent request arrives more than once).
+            after = [t for t in arrived.get(request_id, []) if t >= redis_time - 0.001] if redis_time else []
+            if after:
+                delays.append(after[0] - redis_time)
                 handed.append(sent - wall)
     delays.sort()
     handed.sort()
@@ -605,8 +622,9 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = run_fleet(
                 Path(folder) / name, rows=args.rows, web_seconds=args.seconds, limit=args.limit, faults=faults
             )
+            (output / f"fleet-{name}.last.json").write_text(json.dumps(results[name]))
+            results[name].pop("raw")
             brief = {k: v for k, v in results[name].items() if not k.endswith("series")}
-            (output / f"fleet-{name}.last.json").write_text(json.dumps(results[name], indent=1))
             print(name, json.dumps(brief), flush=True)
     if args.smoke:
         return 0
