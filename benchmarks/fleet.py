@@ -548,13 +548,18 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         f"served sandbox with `--rate-limit {args.limit}` (429 and a block on one too many), 4 `ndax-async",
         f"backfill FILE --budget ...` processes ({args.rows} rows each, concurrency 16, their own journals)",
         f"and one web process making 40 interactive creates/s (deadline 5 s) for {args.seconds:g} s.",
-        "Arrivals, 429s and duplicates are counted by the sandbox; per-member rates come from the Redis log.",
+        "429s and duplicates are read from the sandbox's `/_sandbox/stats`; arrival times are recorded by",
+        "the benchmark's sandbox host; each member logs its grants (Redis `TIME`) and request_ids, so every",
+        "request's grant -> arrival delay is known. While Redis is down the web's share is 480",
+        "(`fallback_share`) and each backfill's 330 (`--budget-members 6`): 1,800 of the effective 1,980.",
+        "Interactive waits by cause: `window` (told to wait), `queue` (behind another try in the process),",
+        "`round trip` (the Redis call itself, e.g. the first connection).",
         "",
         "| | " + " | ".join(results) + " |",
         "|---|" + "---|" * len(results),
     ]
     rows = [
-        ("answers 429", "answers_429", "{}"),
+        ("answers 429 (IP blocks)", None, ""),
         ("failed calls", "failed_calls", "{}"),
         ("customers created / rows + signups", None, ""),
         ("duplicates (second person, payload reuse, conflicts)", "duplicates", "{}"),
@@ -563,11 +568,24 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         ("steady-state fleet rate, share of 200/s", "steady_fraction", "{:.1%}"),
         ("interactive budget wait p50 / p99 (ms)", None, ""),
         ("signup latency p50 / p99 (ms)", None, ""),
+        ("interactive waits over 5 ms, by cause", None, ""),
+        ("grant (Redis TIME) -> arrival p50 / p99 / p99.9 / max (ms)", None, ""),
     ]
     for label, key, form in rows:
         cells = []
         for result in results.values():
-            if label.startswith("customers"):
+            if label.startswith("answers 429"):
+                cells.append(f"{result['answers_429']} ({result.get('ip_blocks', '?')})")
+            elif label.startswith("interactive waits over"):
+                waits = result.get("interactive_waits", {})
+                causes = ", ".join(f"{k} {v}" for k, v in sorted(waits.get("by_reason", {}).items()))
+                cells.append(f"{waits.get('over_5ms', '?')}: {causes or 'none'}")
+            elif label.startswith("grant"):
+                delay = result.get("grant_to_arrival", {})
+                cells.append(
+                    " / ".join(f"{delay.get(k, 0):.1f}" for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms"))
+                )
+            elif label.startswith("customers"):
                 cells.append(f"{result['customers_created']} / {result['rows_and_signups']}")
             elif label.startswith("interactive"):
                 cells.append(
@@ -591,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or one of its child processes)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fleet")
     parser.add_argument(
-        "role", nargs="?", default="harness", choices=["harness", "sandbox-host", "web", "member"]
+        "role", nargs="?", default="harness", choices=["harness", "sandbox-host", "web", "member", "report"]
     )
     parser.add_argument("out", nargs="?", default="")
     parser.add_argument("--smoke", action="store_true", help="a few seconds, tiny N (CI: the harness runs)")
@@ -604,6 +622,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "sandbox-host":
         sandbox_host(args.out, args.limit)
+        return 0
+    if args.role == "report":  # FLEET.md and fleet.png again from fleet.json
+        results = json.loads((Path(args.output) / "fleet.json").read_text())
+        (Path(args.output) / "FLEET.md").write_text(report(results, args))
+        plot(results, Path(args.output) / "fleet.png")
         return 0
     if args.role == "member":
         return member(args.out, args.grants)
