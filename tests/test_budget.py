@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 
@@ -35,7 +36,8 @@ def max_in_window(times: list[float], window: float) -> int:
 def test_limit_defaults_parse_and_share() -> None:
     limit = BudgetLimit.parse("2000/10")
     assert (limit.requests, limit.window) == (2000, 10.0)
-    assert limit.interactive_ceiling == 1980  # 1% margin
+    assert limit.interactive_ceiling == 1980  # margin: the requests of 100 ms at 200/s
+    assert BudgetLimit.parse("200/2").interactive_ceiling == 190  # 100 ms at 100/s, not 1% (2)
     assert limit.bulk_ceiling == 1950  # 1.5% reserve: bulk alone uses 97.5% of the limit
     assert limit.bulk_per_sub_window == 195  # the bulk share of the rate, per second
     share = limit.share(495)
@@ -59,6 +61,29 @@ async def test_never_more_than_the_ceiling_in_any_rolling_window() -> None:
     assert 90 <= max_in_window(every, 10.0) <= 100  # bulk fills its 90, interactive the reserve
     assert budget.stats.grants == {"interactive": 200, "bulk": 400}
     assert budget.stats.waits["bulk"] > 0
+
+
+class StuckClock(FakeClock):
+    """A fake clock whose sleeps never end: a waiter stays asleep while the test moves time."""
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_caller_never_queues_behind_a_sleeping_waiter() -> None:
+    clock = StuckClock()
+    budget = LocalBudget(BudgetLimit(requests=2, window=10.0, margin=0, reserve=1), clock=clock)
+    assert await budget.acquire()
+    assert await budget.acquire()
+    sleeper = asyncio.create_task(budget.acquire())  # the window is full: it sleeps (for good)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not sleeper.done()
+    # Not before the sleeper's slot: a caller whose deadline comes first fails at once.
+    assert not await asyncio.wait_for(budget.acquire(remaining=5.0), 1.0)  # hang guard, not timing
+    clock.advance(10.0)  # the window has moved on: a slot is free, the sleeper still sleeps
+    assert await asyncio.wait_for(budget.acquire(remaining=5.0), 1.0)
+    sleeper.cancel()
 
 
 async def test_bulk_stops_at_the_reserve_and_interactive_still_gets_through() -> None:
@@ -172,7 +197,7 @@ async def test_from_env_reads_the_budget_and_never_shows_its_password(
         budget = client.budget
         assert isinstance(budget, RedisBudget)
         assert (budget.limit.requests, budget.limit.window) == (1000, 5.0)
-        assert budget.fallback_limit.requests == 990 // 5
+        assert budget.fallback_limit.requests == (1000 - 20) // 5  # margin: 100 ms at 200/s
         assert "hunter2" not in repr(budget)
         assert "***" in repr(budget)
         with caplog.at_level(logging.DEBUG, logger="ndax_async"):

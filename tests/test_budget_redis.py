@@ -127,31 +127,56 @@ async def test_a_429_seen_by_one_member_pauses_the_other(redis_server: RedisServ
         await other.aclose()
 
 
+class ManualClock:
+    """Time moves only when the test advances it; sleeps yield for real (Redis answers in real time)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0.01)
+
+
 async def test_redis_stopped_mid_run_falls_back_once_and_rejoins(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    budget = RedisBudget(redis_server.url, LONG, probe_interval=0.05, expected_members=2)
+    clock = ManualClock()
+    budget = RedisBudget(redis_server.url, LONG, probe_interval=0.05, expected_members=2, clock=clock)
     try:
         with caplog.at_level(logging.WARNING, logger="ndax_async"):
             assert all([await budget.acquire() for _ in range(5)])
             redis_server.stop()
             # Both classes find Redis gone at once: one fallback, one warning, no exception.
-            # The local share is 25 of 50 (bulk 20) and 5 are already used.
-            both = await asyncio.gather(*(budget.acquire(p, remaining=0.2) for p in ("interactive", "bulk")))
-            assert both == [True, True]
-            results = [await budget.acquire(remaining=0.2) for _ in range(20)]
-            assert results.count(True) == 18
+            # The share is 25 of 50, but for the first window the member holds to the 5
+            # it used: it cannot see what the others used, and together they used the log.
+            both = await asyncio.gather(*(budget.acquire(p, remaining=5.0) for p in ("interactive", "bulk")))
+            assert both == [False, False]
             assert budget.stats.mode == "local"
             assert budget.stats.fallbacks == 1
+            clock.advance(61.0)  # a window later (Redis still down): the share applies
+            results = [await budget.acquire(remaining=5.0) for _ in range(27)]
+            assert results.count(True) == 25
             redis_server.start()
             await until(lambda: budget.stats.mode == "redis", "the rejoin")
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1
         assert "unreachable" in warnings[0].getMessage()
-        # Redis lost the log in the restart: the rejoin put this member's 25 back,
-        # and until the others can have rejoined too, it keeps to its share.
+        # Redis lost the log in the restart: the rejoin put this member's 25 back, and
+        # for a whole window (until every member has rejoined) it keeps to its share too.
         assert await zcard(redis_server) == 25
-        assert not await budget.acquire(remaining=0.1)
+        clock.advance(5.0)
+        assert not await budget.acquire(remaining=5.0)  # Redis alone would grant: 25 of 50
+        clock.advance(56.5)
+        assert await budget.acquire(remaining=5.0)
         assert budget.stats.mode == "redis"
     finally:
         await budget.aclose()

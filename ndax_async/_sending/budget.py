@@ -47,8 +47,14 @@ INTERACTIVE: Priority = "interactive"
 BULK: Priority = "bulk"
 PRIORITIES: tuple[Priority, ...] = (INTERACTIVE, BULK)
 
-MARGIN_FRACTION = 0.01
-"""Default safety margin: 1% of N (20 of 2,000), from ``benchmarks/FLEET.md``."""
+MARGIN_SECONDS = 0.1
+"""Default safety margin: the requests of 100 ms at the full rate (20 of 2,000/10 s).
+
+A request granted just before a window starts may arrive inside it: the
+margin must cover the rate times the spread of grant-to-arrival delays.
+Measured at full rate (``benchmarks/FLEET.md``, 4 backfills and a web process
+on one 2-core host): delay p50 1 ms, p99 8-9 ms, p99.9 19 ms, max 45 ms; 100 ms
+is twice the worst spread seen, for a busier host or a farther sandbox."""
 RESERVE_FRACTION = 0.015
 """Default interactive reserve: 1.5% of N (30 of 2,000), so bulk alone uses 97.5%."""
 _MAX_SLEEP = 1.0  # re-check at least this often while waiting (a deadline, a mode change)
@@ -68,8 +74,9 @@ def check_priority(value: str) -> Priority:
 class BudgetLimit:
     """At most ``requests`` per rolling ``window`` seconds, less a safety margin.
 
-    ``margin`` (default 1% of ``requests``) covers requests granted inside a
-    window that arrive just after it; ``reserve`` (default 1.5%) is the room
+    ``margin`` (default: the requests of :data:`MARGIN_SECONDS` at the full
+    rate, 20 of 2,000/10 s) covers requests granted before a window that
+    arrive inside it; ``reserve`` (default 1.5%) is the room
     only interactive calls may use. Bulk calls are also capped per rolling
     ``sub_window`` at ``smoothing`` times their share of the rate (1.0: a
     larger factor fills the window early and then leaves a gap in which
@@ -104,7 +111,9 @@ class BudgetLimit:
     @property
     def interactive_ceiling(self) -> int:
         """``N_eff``: interactive calls are granted while the window holds fewer."""
-        margin = math.ceil(self.requests * MARGIN_FRACTION) if self.margin is None else self.margin
+        margin = self.margin
+        if margin is None:
+            margin = math.ceil(self.requests / self.window * MARGIN_SECONDS - 1e-9)
         return self.requests - margin
 
     @property
@@ -166,6 +175,17 @@ class BudgetStats:
     """Times this member lost Redis and fell back to its local share."""
 
 
+class _Gate:
+    """One class's turn in this process: a lock around each try, and the last refusal's wait."""
+
+    __slots__ = ("lock", "not_before", "pause")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.not_before = float("-inf")
+        self.pause = False
+
+
 class Budget:
     """The interface every budget offers; subclasses implement :meth:`_try`.
 
@@ -181,38 +201,41 @@ class Budget:
         self.clock: Clock = clock or SystemClock()
         self.on_wait = on_wait
         self.stats = BudgetStats()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._gates: dict[str, _Gate] = {}
 
     async def acquire(self, priority: Priority = INTERACTIVE, remaining: float | None = None) -> bool:
         """Take a slot for one attempt; False if the deadline (``remaining`` s) comes first."""
         clock = self.clock
         started = clock.monotonic()
-        # One waiter per class per process talks to the budget; the rest queue
-        # here, so an expiring slot wakes one task per member, not every task.
-        lock = self._locks.get(priority) or self._locks.setdefault(priority, asyncio.Lock())
-        if lock.locked() and remaining is not None:
-            try:
-                await asyncio.wait_for(lock.acquire(), max(remaining, 0.0))
-            except asyncio.TimeoutError:
-                return self._gave_up(priority, clock.monotonic() - started, "window")
-        else:
-            await lock.acquire()
-        try:
-            reason: Literal["window", "pause"] | None = None  # set once told to wait
-            while True:
-                wait, pause = await self._try(priority)
-                waited = clock.monotonic() - started
-                if wait <= 0:
-                    self.stats.grants[priority] += 1
-                    if reason is not None:
-                        self._waited(priority, waited, reason)
-                    return True
-                reason = "pause" if pause or reason == "pause" else "window"
-                if remaining is not None and waited + wait >= remaining:
-                    return self._gave_up(priority, waited, reason)
-                await clock.sleep(min(wait, _MAX_SLEEP) + random.uniform(0, _JITTER))  # noqa: S311
-        finally:
-            lock.release()
+        gate = self._gates.get(priority) or self._gates.setdefault(priority, _Gate())
+        reason: Literal["window", "pause"] | None = None  # set once told to wait
+        while True:
+            sleep = gate.not_before - clock.monotonic()
+            if sleep <= 0:
+                # One try per class in flight: a refusal moves ``not_before``, and the
+                # callers queued here then sleep instead of asking again (no herd).
+                async with gate.lock:
+                    if gate.not_before <= clock.monotonic():
+                        wait, pause = await self._try(priority)
+                        if wait <= 0:
+                            self.stats.grants[priority] += 1
+                            if reason is not None:
+                                self._waited(priority, clock.monotonic() - started, reason)
+                            return True
+                        gate.not_before, gate.pause = clock.monotonic() + wait, pause
+                continue
+            # Sleep outside the lock: a caller arriving later never queues behind a
+            # sleeper; it sleeps to the same moment only because no slot is free before.
+            reason = "pause" if gate.pause or reason == "pause" else "window"
+            waited = clock.monotonic() - started
+            if remaining is not None and waited + sleep >= remaining:
+                return self._gave_up(priority, waited, reason)
+            await clock.sleep(min(sleep, _MAX_SLEEP) + random.uniform(0, _JITTER))  # noqa: S311
+
+    def _reopen(self) -> None:
+        """Forget every refusal's wait (the rules changed, e.g. Redis is back): try again now."""
+        for gate in self._gates.values():
+            gate.not_before = float("-inf")
 
     async def report_block(self, seconds: float) -> None:
         """A 429 arrived: the platform blocks the IP for ``seconds``; pause every member."""
@@ -245,12 +268,14 @@ class Budget:
 class WindowLog:
     """The rolling-window rule over one process's own grant times (monotonic seconds)."""
 
-    __slots__ = ("blocked_until", "limit", "times")
+    __slots__ = ("blocked_until", "cap", "cap_until", "limit", "times")
 
     def __init__(self, limit: BudgetLimit) -> None:
         self.limit = limit
         self.times: list[float] = []
         self.blocked_until = float("-inf")
+        self.cap = limit.interactive_ceiling
+        self.cap_until = float("-inf")
 
     def wait(self, priority: Priority, now: float) -> tuple[float, bool]:
         """Seconds until ``priority`` may be granted at ``now`` (0: now), and whether for a pause."""
@@ -259,7 +284,13 @@ class WindowLog:
         limit, times = self.limit, self.times
         del times[: bisect.bisect_right(times, now - limit.window)]
         count, ceiling = len(times), limit.ceiling(priority)
+        if now < self.cap_until:  # both classes lowered by the same amount: bulk keeps its reserve
+            ceiling = max(0, ceiling - max(0, limit.interactive_ceiling - self.cap))
+        if ceiling <= 0:
+            return self.cap_until - now, False
         wait = times[count - ceiling] + limit.window - now if count >= ceiling else 0.0
+        if wait > 0 and now < self.cap_until:
+            wait = min(wait, self.cap_until - now)
         if priority == BULK:
             recent = count - bisect.bisect_right(times, now - limit.sub_window)
             cap = limit.bulk_per_sub_window
@@ -274,6 +305,17 @@ class WindowLog:
     def recent(self, now: float) -> list[float]:
         """The ages (seconds) of the grants still inside the window."""
         return [now - t for t in self.times if t > now - self.limit.window]
+
+    def hold_to_recent(self, now: float) -> None:
+        """Until a window has passed, grant no more than the window held at ``now``.
+
+        A member that loses the shared log cannot see what the others used in
+        the last window; if each keeps to what it used itself, the fleet stays
+        within what the shared log allowed (the shares alone would not: a member
+        below its share could grow while one above it still holds its excess).
+        """
+        self.cap = len(self.recent(now))
+        self.cap_until = now + self.limit.window
 
     def block(self, until: float) -> None:
         """Pause every grant until ``until`` (only ever extends)."""

@@ -10,8 +10,11 @@ member's next acquire waits out. A member that dies holds nothing: its entries
 age out.
 
 If Redis cannot be reached (at start or mid-run), the member falls back to a
-:class:`~ndax_async._sending.budget.LocalBudget` share, logs one warning, probes
-Redis in the background, and rejoins by adding its recent grants to the log.
+local share, logs one warning, probes Redis in the background, and rejoins by
+adding its recent grants to the log. Lost mid-run, for the first window the
+member also grants no more than it held when Redis went (it cannot see the
+others' recent grants); rejoining a log Redis lost (a restart), it keeps to
+its share as well for a window, until every member has rejoined.
 Requires the ``redis`` extra (``pip install 'ndax-async[redis]'``).
 """
 
@@ -256,12 +259,14 @@ class RedisBudget(Budget):
         epoch = await self._scripts["join"](keys=[self._keys[0], self._epoch_key], args=args)
         epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if self._epoch and epoch != self._epoch:
-            # Redis lost the log: until the other members have rejoined too (they
-            # probe as often as this one), keep to this member's share as well.
-            self._guard_until = now + min(self.limit.window, 3 * self.probe_interval)
+            # Redis lost the log: it holds only the members that have rejoined. For
+            # a whole window (every grant it cannot see has aged out by then, and a
+            # member whose probe lags has rejoined) keep to this member's share too.
+            self._guard_until = now + self.limit.window
         was_away = self.stats.fallbacks > 0
         self._epoch, self._joined, self._since_outage = epoch, True, []
         self.stats.mode = "redis"
+        self._reopen()  # waits computed from the local share no longer hold
         if was_away:
             logger.info("ndax budget: Redis at %s is back; sharing the budget again", redact_url(self.url))
 
@@ -269,6 +274,9 @@ class RedisBudget(Budget):
         """Use the local share from now on (once per outage) and probe Redis in the background."""
         if self._probe is not None or self._closed:
             return
+        if self._joined:
+            # Mid-run: the others' grants of the last window are out of sight now.
+            self._own.hold_to_recent(self.clock.monotonic())
         self._joined = False
         self._since_outage = []
         self.stats.mode = "local"
