@@ -17,6 +17,8 @@ import attrs
 import httpx
 
 from ._clock import Clock, SystemClock
+from ._observe import Observer, observer_for
+from ._observe.logs import configure_from_env
 from ._sending.http1 import BuiltinSender
 from ._sending.limits import RateLimiter, RetryQuota
 from ._sending.retry import RateLimitPause, RetryEvent, RetryPolicy
@@ -73,6 +75,13 @@ class AsyncClient:
     ``send_request_id`` turns sending it off for all or some endpoints
     (``{"create_minor": False}``). ``rate_limit`` (requests per second) spaces
     every attempt; ``retry_quota`` shares a retry budget across calls.
+
+    ``telemetry`` turns OpenTelemetry traces and metrics on (``True``; needs the
+    ``otel`` extra) or off (``False``); by default (``None``) they are on when
+    the application has imported ``opentelemetry`` before building the client,
+    or passes ``tracer_provider`` / ``meter_provider`` (else the global ones).
+    Retries and failures are logged on the ``ndax_async`` logger either way
+    (``NDAX_LOG=info`` or ``debug`` prints them).
     """
 
     def __init__(
@@ -99,6 +108,9 @@ class AsyncClient:
         retry_quota: RetryQuota | None = None,
         allow_insecure_http: bool = False,
         clock: Clock | None = None,
+        telemetry: bool | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         self._credentials = Credentials(api_key, api_secret, passphrase)
         self.base_url = _check_base_url(base_url, allow_insecure_http)
@@ -121,6 +133,13 @@ class AsyncClient:
         self._sender = _sender(http_client, transport, http_backend, max_connections, verify)
         self._clock: Clock = clock or SystemClock()
         self.rate_limit_pause = RateLimitPause(self._clock)
+        configure_from_env()  # observe: NDAX_LOG=debug|info adds a readable log handler
+        try:
+            self._observer = observer_for(telemetry, tracer_provider, meter_provider)  # observe
+        except ImportError:
+            raise ConfigurationError(
+                "telemetry=True needs opentelemetry-api: pip install 'ndax-async[otel]'"
+            ) from None
         self._transport = Transport(
             self._sender,
             self._credentials,
@@ -134,6 +153,7 @@ class AsyncClient:
             quota=retry_quota,
             user_agent=f"ndax-async/{__version__}",
             max_in_flight=max_connections,
+            observer=self._observer,  # observe
         )
         self._closed = False
         self.customers = Customers(self)
@@ -156,6 +176,11 @@ class AsyncClient:
             passphrase=env["NDAX_PASSPHRASE"],
             **options,
         )
+
+    @property
+    def observer(self) -> Observer:
+        """What this client reports to (logs, and OpenTelemetry if on); the bulk engine reports to it too."""
+        return self._observer
 
     @property
     def is_closed(self) -> bool:
@@ -261,6 +286,31 @@ class AsyncClient:
 
         With ``not_found_ok``, a 404 returns ``(None, attempts, None)``."""
         self._ensure_open()
+        run = scope.run if scope is not None else None
+        observed = self._observer.operation_started(method, route, request_id, run)  # observe
+        try:
+            result = await self._send_json(
+                method, route, body, request_id, timeout, max_retries, deadline, not_found_ok, scope
+            )
+        except BaseException as error:
+            attempts = getattr(error, "attempts", 0)
+            self._observer.operation_ended(observed, attempts=attempts, error=error)  # observe
+            raise
+        self._observer.operation_ended(observed, attempts=result[1], found=result[2] is not None)  # observe
+        return result
+
+    async def _send_json(
+        self,
+        method: str,
+        route: str,
+        body: bytes | None,
+        request_id: str | None,
+        timeout: float | None,
+        max_retries: int | None,
+        deadline: float | None,
+        not_found_ok: bool,
+        scope: CallScope | None,
+    ) -> tuple[Any, int, RawResponse | None]:
         response, attempts = await self._transport.request(
             method,
             route,

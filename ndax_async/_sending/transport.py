@@ -22,6 +22,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState
 
 from .._clock import Clock
+from .._observe import Observer
 from .._wire.signing import EMPTY_BODY, Credentials
 from ..errors import ClientClosedError, ConnectError, RequestTimeout, TransportError
 from .limits import RateLimiter, RetryQuota
@@ -59,6 +60,7 @@ class CallScope:
     limiter: RateLimiter | None = None
     quota: RetryQuota | None = None
     on_retry: Callable[[RetryEvent], None] | None = None
+    run: object = None  # observe: the bulk run's observer handle, for its operations' spans
 
 
 class Transport:
@@ -77,6 +79,7 @@ class Transport:
         quota: RetryQuota | None = None,
         user_agent: str = "ndax-async",
         max_in_flight: int | None = None,
+        observer: Observer | None = None,  # observe
     ) -> None:
         # A signature must never be older than its send. A sender with
         # ``send_signed`` (the built-in one) queues attempts beyond its pool itself
@@ -94,6 +97,7 @@ class Transport:
         self.clock = clock
         self.pause = pause
         self.on_retry = on_retry
+        self.observer = observer or Observer()  # observe
 
     async def request(
         self,
@@ -216,12 +220,19 @@ class _Call:
         remaining = self._remaining()
         if remaining is not None and transport.pause.remaining >= remaining:
             return Outcome(error=_DeadlineExceeded())  # the shared 429 pause outlasts the deadline
+        observer, clock = transport.observer, transport.clock
         if transport.pause.remaining > 0:  # no coroutine when no pause is in force
+            waiting = clock.monotonic()
             await transport.pause.wait()
+            observer.rate_limit_pause(clock.monotonic() - waiting)  # observe
         if transport.limiter is not None:
+            waiting = clock.monotonic()
             await transport.limiter.acquire()
+            observer.budget_wait("client", clock.monotonic() - waiting)  # observe
         if self.scope is not None and self.scope.limiter is not None:
+            waiting = clock.monotonic()
             await self.scope.limiter.acquire()
+            observer.budget_wait("bulk", clock.monotonic() - waiting)  # observe
         timeout = self.timeout
         remaining = self._remaining()
         if remaining is not None:
@@ -229,10 +240,7 @@ class _Call:
                 return Outcome(error=_DeadlineExceeded())
             timeout = remaining if timeout is None else min(timeout, remaining)
         self.attempts += 1
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "%s %s attempt %d request_id=%s", self.method, self.route, self.attempts, self.request_id
-            )
+        observed = observer.attempt_started(self.method, self.url, self.attempts - 1)  # observe
         try:
             async with attempt_timeout(timeout):  # the whole attempt: the wait for a turn to the last byte
                 if transport.send_signed is not None:
@@ -245,9 +253,16 @@ class _Call:
                     async with transport.slots:
                         response = await self._send(timeout)
         except httpx.TransportError as error:
+            observer.attempt_ended(observed, status_code=None, error=error)  # observe
             return Outcome(error=error)
         except asyncio.TimeoutError:
-            return Outcome(error=httpx.ReadTimeout(f"no complete response within {timeout:g}s"))
+            timed_out = httpx.ReadTimeout(f"no complete response within {timeout:g}s")
+            observer.attempt_ended(observed, status_code=None, error=timed_out)  # observe
+            return Outcome(error=timed_out)
+        except BaseException as error:
+            observer.attempt_ended(observed, status_code=None, error=error)  # observe
+            raise
+        observer.attempt_ended(observed, status_code=response.status_code, error=None)  # observe
         if response.status_code == 429:
             pause = parse_retry_after(response.headers.get("retry-after"), transport.clock.time())
             limit = self.policy.rate_limit_pause if pause is None else pause
@@ -312,15 +327,7 @@ class _Call:
             wait=state.upcoming_sleep,
             status_code=status,
         )
-        logger.info(
-            "retrying %s %s after %s (attempt %d, waiting %.2fs, request_id=%s)",
-            self.method,
-            self.route,
-            reason,
-            self.attempts,
-            event.wait,
-            self.request_id,
-        )
+        self.transport.observer.retry_wait(event)  # observe: logs the retry line, adds a span event
         if self.transport.on_retry is not None:
             self.transport.on_retry(event)
         if self.scope is not None and self.scope.on_retry is not None:

@@ -226,7 +226,11 @@ class Bulk:
         limiter = None
         if self.rate:
             limiter = RateLimiter(self.rate, burst=max(1.0, self.rate / 10), clock=self.client._clock)
-        self._scope = CallScope(limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry)
+        observer = self.client.observer  # observe: the run's span, its operations linked to it
+        run = observer.bulk_started(
+            concurrency=self.concurrency, rate=self.rate, journal=bool(self._journal_spec)
+        )
+        self._scope = CallScope(limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry, run=run)
         results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         self._lines = {}
         self.journal = None
@@ -240,14 +244,21 @@ class Bulk:
             try:
                 while (result := await results.get()) is not None:
                     self.summary.add(result)
+                    observer.bulk_operation(run, result.outcome)  # observe
                     yield result
                 await producer
             finally:
                 if not producer.done():
                     producer.cancel()
                     await asyncio.gather(producer, return_exceptions=True)
-        finally:
+        except BaseException as error:
             self.summary.finished = time.monotonic()
+            observer.bulk_ended(run, self.summary, error)  # observe
+            raise
+        else:
+            self.summary.finished = time.monotonic()
+            observer.bulk_ended(run, self.summary)  # observe
+        finally:
             try:
                 if self.journal is not None:
                     try:
