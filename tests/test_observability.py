@@ -137,7 +137,9 @@ async def test_budget_waits(sandbox: Sandbox, clock: FakeClock, otel: Otel) -> N
     first, second, third = otel.spans("ndax.customers.create")
     assert events(first, "ndax.budget_wait") == []
     assert events(second, "ndax.budget_wait") == [{"ndax.budget.class": "client", "ndax.wait.seconds": 1.0}]
-    assert events(third, "ndax.budget_wait") == [{"ndax.budget.class": "interactive", "ndax.wait.seconds": 0.25}]
+    assert events(third, "ndax.budget_wait") == [
+        {"ndax.budget.class": "interactive", "ndax.wait.seconds": 0.25}
+    ]
     waits = dict((a["ndax.budget.class"], v) for a, v in otel.metrics()["ndax.client.budget.wait"])
     assert waits == {"client": (2, 1.0), "interactive": (1, 0.25)}
 
@@ -214,7 +216,8 @@ async def test_a_bulk_run_is_a_span_its_operations_linked_traces(
             summary = await Bulk(client, rate=None).run_all(operations)
     assert (summary.succeeded, summary.failed) == (3, 1)
     [run] = otel.spans("ndax.bulk.run")
-    assert run.parent is not None and run.parent.span_id == job.get_span_context().span_id
+    assert run.parent is not None
+    assert run.parent.span_id == job.get_span_context().span_id
     assert run.attributes["ndax.bulk.succeeded"] == 3
     assert run.attributes["ndax.bulk.failed"] == 1
     assert run.attributes["ndax.bulk.failed.validation"] == 1
@@ -250,3 +253,70 @@ async def test_api_only_without_an_sdk_still_works(sandbox: Sandbox, clock: Fake
 def test_telemetry_off_uses_the_log_observer(sandbox: Sandbox, otel: Otel) -> None:
     assert type(sandbox.client(telemetry=False).observer).__name__ == "LogObserver"
     assert type(sandbox.client(**otel.providers).observer).__name__ == "OtelObserver"
+
+
+NO_IMPORT_SCRIPT = r"""
+import asyncio, sys
+
+class Refuse:
+    '''Stands for opentelemetry not being installed, and records every attempt to import it.'''
+    attempts = []
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "opentelemetry":
+            self.attempts.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+import ndax_async
+from ndax_async.bulk import Bulk, Operation
+from ndax_async.testing import FakeClock, Sandbox
+
+async def main():
+    clock = FakeClock()
+    sandbox = Sandbox(clock=clock.time, faults={"drop_after": 0.5, "seed": 3})
+    async with sandbox.client(clock=clock) as client:
+        print(type(client.observer).__name__)
+        await client.customers.create(%(customer)r)
+        ops = [Operation(key=str(n), op="create", data={**%(customer)r, "email": f"u{n}@mail.com"})
+               for n in range(5)]
+        await Bulk(client).run_all(ops)
+asyncio.run(main())
+print(Refuse.attempts, sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+try:
+    ndax_async.AsyncClient(api_key="k", api_secret="c2VjcmV0", passphrase="p", telemetry=True)
+except ndax_async.ConfigurationError as error:
+    print(Refuse.attempts, error)
+"""
+
+
+def test_without_opentelemetry_nothing_is_imported() -> None:
+    import subprocess
+    import sys
+
+    script = NO_IMPORT_SCRIPT % {"customer": customer_wire()}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "LogObserver"
+    assert lines[1] == "[] []"  # no import attempted, none loaded
+    # ...and the hook does see an attempt: telemetry=True asks for it, and says what to install.
+    assert lines[2].startswith("['opentelemetry'")
+    assert "pip install 'ndax-async[otel]'" in lines[2]
+
+
+def test_ndax_log_adds_a_readable_handler_once() -> None:
+    from ndax_async._observe.logs import configure_from_env, logger
+
+    handlers, level = list(logger.handlers), logger.level
+    try:
+        assert configure_from_env({}) is None
+        assert configure_from_env({"NDAX_LOG": "verbose"}) is None
+        handler = configure_from_env({"NDAX_LOG": "DEBUG"})
+        assert handler is not None
+        assert handler in logger.handlers
+        assert logger.level == logging.DEBUG
+        assert configure_from_env({"NDAX_LOG": "info"}) is handler  # not a second one
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
