@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Link, SpanKind, Status, StatusCode
 
 from .._version import __version__
 from . import MAYBE_APPLIED, endpoint_of, operation_name, outcome_of, safe_url
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OtelObserver"]
 
-_OPERATION_KEY = otel_context.create_key("ndax_async.operation")
+_CURRENT: ContextVar[_Operation | None] = ContextVar("ndax_async_operation", default=None)
 _TEMPLATES = {
     "create": "/participants/customers/new",
     "create_minor": "/participants/customers/minor",
@@ -57,7 +58,17 @@ _TEMPLATES = {
 class _Operation:
     """One operation in flight: its span and what its attempts taught."""
 
-    __slots__ = ("endpoint", "request_id", "resent_after_unknown", "span", "started", "token", "unknown")
+    __slots__ = (
+        "endpoint",
+        "request_id",
+        "resent_after_unknown",
+        "span",
+        "started",
+        "token",
+        "traced",
+        "unknown",
+        "var_token",
+    )
 
     def __init__(self, span: trace.Span, endpoint: str, request_id: str | None) -> None:
         self.span = span
@@ -66,7 +77,9 @@ class _Operation:
         self.unknown = False  # an attempt so far may have taken effect (no response, 500, 502, 504)
         self.resent_after_unknown = False
         self.started = time.perf_counter()
-        self.token: object = None
+        self.traced = span.get_span_context().is_valid  # False: the API's no-op (no SDK configured)
+        self.token: object = None  # the OpenTelemetry context's, when the span is made current
+        self.var_token: Any = None
 
 
 class _Attempt:
@@ -162,8 +175,9 @@ class OtelObserver(LogObserver):
         else:
             span = self.tracer.start_span(operation_name(endpoint), attributes=attributes)
         operation = _Operation(span, endpoint, request_id)
-        current = otel_context.set_value(_OPERATION_KEY, operation, trace.set_span_in_context(span))
-        operation.token = otel_context.attach(current)
+        operation.var_token = _CURRENT.set(operation)
+        if operation.traced:  # not the API's no-op span: its children nest under it
+            operation.token = otel_context.attach(trace.set_span_in_context(span))
         return operation
 
     def operation_ended(
@@ -172,7 +186,9 @@ class OtelObserver(LogObserver):
         """Set the outcome, end the span, count it; log a failure."""
         if not isinstance(operation, _Operation):
             return
-        otel_context.detach(operation.token)  # type: ignore[arg-type]
+        _CURRENT.reset(operation.var_token)
+        if operation.token is not None:
+            otel_context.detach(operation.token)  # type: ignore[arg-type]
         endpoint = operation.endpoint
         outcome, reason = outcome_of(
             endpoint, error, found=found, resent_after_unknown=operation.resent_after_unknown
@@ -196,11 +212,15 @@ class OtelObserver(LogObserver):
     def attempt_started(self, method: str, url: str, resend_count: int) -> Any:
         """Start the attempt's CLIENT span under the current operation."""
         super().attempt_started(method, url, resend_count)
-        operation = otel_context.get_value(_OPERATION_KEY)
-        operation = operation if isinstance(operation, _Operation) else None
+        operation = _CURRENT.get()
         endpoint = operation.endpoint if operation is not None else "unknown"
         template = _TEMPLATES.get(endpoint)
-        span = self.tracer.start_span(f"{method} {template}" if template else method, kind=SpanKind.CLIENT)
+        if operation is not None and not operation.traced:
+            span: trace.Span = INVALID_SPAN  # no SDK: the tracer would make this no-op span anyway
+        else:
+            span = self.tracer.start_span(
+                f"{method} {template}" if template else method, kind=SpanKind.CLIENT
+            )
         if span.is_recording():
             host, port = _server("/".join(url.split("/", 3)[:3]))
             span.set_attribute("http.request.method", method)
@@ -244,7 +264,7 @@ class OtelObserver(LogObserver):
         super().retry_wait(event)
         endpoint = endpoint_of(event.method, event.route)
         self.retries.add(1, {"ndax.endpoint": endpoint, "ndax.retry.reason": event.reason})
-        trace.get_current_span().add_event(
+        _current_span().add_event(
             "ndax.retry_wait",
             {
                 "ndax.retry.reason": event.reason,
@@ -256,13 +276,13 @@ class OtelObserver(LogObserver):
     def rate_limit_pause(self, seconds: float) -> None:
         """An event on the operation's span, and the time waited."""
         self.pauses.record(seconds)
-        trace.get_current_span().add_event("ndax.rate_limit_pause", {"ndax.wait.seconds": seconds})
+        _current_span().add_event("ndax.rate_limit_pause", {"ndax.wait.seconds": seconds})
 
     def budget_wait(self, priority: str, seconds: float) -> None:
         """An event on the operation's span, and the time waited by class."""
         self.budget_waits.record(seconds, {"ndax.budget.class": priority})
         if seconds > 0:
-            trace.get_current_span().add_event(
+            _current_span().add_event(
                 "ndax.budget_wait", {"ndax.budget.class": priority, "ndax.wait.seconds": seconds}
             )
 
@@ -307,6 +327,12 @@ class OtelObserver(LogObserver):
                 span.set_attribute("error.type", type(error).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.end()
+
+
+def _current_span() -> trace.Span:
+    """The operation's span, or (outside any operation) the caller's current span."""
+    operation = _CURRENT.get()
+    return operation.span if operation is not None else trace.get_current_span()
 
 
 @lru_cache(maxsize=16)
