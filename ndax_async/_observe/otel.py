@@ -202,10 +202,12 @@ class OtelObserver(LogObserver):
             self.failures.add(1, {**labels, "error.type": reason})
             log_failure(endpoint, operation.request_id, attempts, outcome, reason)
         if span.is_recording():
-            span.set_attribute("ndax.attempts", attempts)
-            span.set_attribute("ndax.outcome", outcome)
-            if reason is not None:
-                span.set_attribute("error.type", reason)
+            if reason is None:
+                span.set_attributes({"ndax.attempts": attempts, "ndax.outcome": outcome})
+            else:
+                span.set_attributes(
+                    {"ndax.attempts": attempts, "ndax.outcome": outcome, "error.type": reason}
+                )
                 span.set_status(Status(StatusCode.ERROR, f"{outcome}: {reason}"))
         span.end()
 
@@ -218,19 +220,19 @@ class OtelObserver(LogObserver):
         if operation is not None and not operation.traced:
             span: trace.Span = INVALID_SPAN  # no SDK: the tracer would make this no-op span anyway
         else:
-            span = self.tracer.start_span(
-                f"{method} {template}" if template else method, kind=SpanKind.CLIENT
-            )
-        if span.is_recording():
             host, port = _server("/".join(url.split("/", 3)[:3]))
-            span.set_attribute("http.request.method", method)
-            span.set_attribute("url.full", safe_url(url))
-            span.set_attribute("server.address", host)
-            span.set_attribute("server.port", port)
+            attributes: dict[str, Any] = {
+                "http.request.method": method,
+                "url.full": safe_url(url),
+                "server.address": host,
+                "server.port": port,
+            }
             if template:
-                span.set_attribute("url.template", template)
+                attributes["url.template"] = template
             if resend_count:
-                span.set_attribute("http.request.resend_count", resend_count)
+                attributes["http.request.resend_count"] = resend_count
+            name = f"{method} {template}" if template else method
+            span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         if operation is not None and operation.unknown:
             operation.resent_after_unknown = True
         return _Attempt(span, operation)
