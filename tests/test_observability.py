@@ -243,11 +243,18 @@ async def test_journal_pending_is_an_up_down_counter(otel: Otel) -> None:
     assert otel.metrics()["ndax.bulk.journal.pending"] == [({}, 2)]
 
 
-async def test_api_only_without_an_sdk_still_works(sandbox: Sandbox, clock: FakeClock) -> None:
+async def test_api_only_without_an_sdk_still_works_and_logs(
+    sandbox: Sandbox, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ndax_async")
     async with sandbox.client(clock=clock, telemetry=True) as client:  # global providers: no SDK set
         customer = await client.customers.create(customer_wire())
+        with pytest.raises(ParticipantExistsError):
+            await client.customers.create(customer_wire(first_name="Other"))
     assert customer.participant_code
     assert type(client.observer).__name__ == "OtelObserver"
+    [line] = [r for r in caplog.records if r.name == "ndax_async"]
+    assert (line.outcome, line.reason) == ("refused", "participant_exists")  # type: ignore[attr-defined]
 
 
 def test_telemetry_off_uses_the_log_observer(sandbox: Sandbox, otel: Otel) -> None:
@@ -320,3 +327,37 @@ def test_ndax_log_adds_a_readable_handler_once() -> None:
     finally:
         logger.handlers[:] = handlers
         logger.setLevel(level)
+
+
+SDK_LATER_SCRIPT = r"""
+import asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from ndax_async.testing import FakeClock, Sandbox
+
+async def main():
+    clock = FakeClock()
+    async with Sandbox(clock=clock.time).client(clock=clock) as client:  # opentelemetry imported: on
+        await client.participants.get_by_email("a@b.com")  # no SDK yet: nothing recorded
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        client.observer.look_again = 0.0  # instead of waiting out the second between looks
+        await client.participants.get_by_email("a@b.com")
+        print(sorted(span.name for span in exporter.get_finished_spans()))
+asyncio.run(main())
+"""
+
+
+def test_an_sdk_set_up_after_the_client_is_used() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SDK_LATER_SCRIPT], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "['GET /participants/{email}', 'ndax.participants.get_by_email']"

@@ -85,7 +85,7 @@ class _Operation:
 class _Attempt:
     __slots__ = ("operation", "span")
 
-    def __init__(self, span: trace.Span, operation: _Operation | None) -> None:
+    def __init__(self, span: trace.Span, operation: _Operation) -> None:
         self.span = span
         self.operation = operation
 
@@ -124,10 +124,12 @@ class OtelObserver(LogObserver):
         "durations",
         "failures",
         "journal",
+        "look_again",
         "pauses",
         "replays",
         "requests",
         "retries",
+        "sdk",
         "tracer",
     )
 
@@ -136,6 +138,10 @@ class OtelObserver(LogObserver):
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
+        # Without providers passed, whether an SDK is set up globally is looked up at most once a
+        # second (the API's lookup reads the environment each time); once one is, it stays.
+        self.sdk = tracer_provider is not None or meter_provider is not None
+        self.look_again = 0.0
         self.tracer = trace.get_tracer("ndax_async", __version__, tracer_provider)
         meter = metrics.get_meter("ndax_async", __version__, meter_provider)
         self.requests = meter.create_counter("ndax.client.requests", "{request}", "HTTP attempts sent")
@@ -164,6 +170,8 @@ class OtelObserver(LogObserver):
 
     def operation_started(self, method: str, route: str, request_id: str | None, run: Any = None) -> Any:
         """Start the operation's span (a new trace linked to the run, in a bulk run) and make it current."""
+        if not self.sdk and not self._sdk_set_up():
+            return super().operation_started(method, route, request_id, run)  # the log observer's cost
         endpoint = endpoint_of(method, route)
         attributes: dict[str, Any] = {"ndax.endpoint": endpoint}
         if request_id is not None:
@@ -180,11 +188,19 @@ class OtelObserver(LogObserver):
             operation.token = otel_context.attach(trace.set_span_in_context(span))
         return operation
 
+    def _sdk_set_up(self) -> bool:
+        now = time.monotonic()
+        if now >= self.look_again:
+            self.sdk = not _no_sdk()
+            self.look_again = now + 1.0
+        return self.sdk
+
     def operation_ended(
         self, operation: Any, *, attempts: int, error: BaseException | None = None, found: bool = True
     ) -> None:
         """Set the outcome, end the span, count it; log a failure."""
         if not isinstance(operation, _Operation):
+            super().operation_ended(operation, attempts=attempts, error=error, found=found)
             return
         _CURRENT.reset(operation.var_token)
         if operation.token is not None:
@@ -215,9 +231,11 @@ class OtelObserver(LogObserver):
         """Start the attempt's CLIENT span under the current operation."""
         super().attempt_started(method, url, resend_count)
         operation = _CURRENT.get()
-        endpoint = operation.endpoint if operation is not None else "unknown"
+        if operation is None:
+            return None  # outside an operation (or no SDK): nothing to add to
+        endpoint = operation.endpoint
         template = _TEMPLATES.get(endpoint)
-        if operation is not None and not operation.traced:
+        if not operation.traced:
             span: trace.Span = INVALID_SPAN  # no SDK: the tracer would make this no-op span anyway
         else:
             host, port = _server("/".join(url.split("/", 3)[:3]))
@@ -233,7 +251,7 @@ class OtelObserver(LogObserver):
                 attributes["http.request.resend_count"] = resend_count
             name = f"{method} {template}" if template else method
             span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-        if operation is not None and operation.unknown:
+        if operation.unknown:
             operation.resent_after_unknown = True
         return _Attempt(span, operation)
 
@@ -242,11 +260,11 @@ class OtelObserver(LogObserver):
         if not isinstance(attempt, _Attempt):
             return
         operation = attempt.operation
-        endpoint = operation.endpoint if operation is not None else "unknown"
+        endpoint = operation.endpoint
         error_type = type(error).__name__ if error is not None else None
         if status_code is not None and status_code >= 400:
             error_type = str(status_code)
-        if operation is not None and (status_code is None or status_code in MAYBE_APPLIED):
+        if status_code is None or status_code in MAYBE_APPLIED:
             operation.unknown = True
         if status_code is not None:
             self.requests.add(1, {"ndax.endpoint": endpoint, "http.response.status_code": status_code})
@@ -329,6 +347,14 @@ class OtelObserver(LogObserver):
                 span.set_attribute("error.type", type(error).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.end()
+
+
+def _no_sdk() -> bool:
+    """True while the global providers are the API's own no-op ones (no SDK is set up):
+    providers the API package itself defines record nothing."""
+    return type(trace.get_tracer_provider()).__module__.startswith("opentelemetry.trace") and type(
+        metrics.get_meter_provider()
+    ).__module__.startswith("opentelemetry.metrics")
 
 
 def _current_span() -> trace.Span:
