@@ -286,14 +286,14 @@ class AsyncClient:
 
         With ``not_found_ok``, a 404 returns ``(None, attempts, None)``."""
         self._ensure_open()
-        run = scope.run if scope is not None else None
+        run = scope.run if scope is not None else None  # observe
         observed = self._observer.operation_started(method, route, request_id, run)  # observe
         try:
             result = await self._send_json(
                 method, route, body, request_id, timeout, max_retries, deadline, not_found_ok, scope
             )
         except BaseException as error:
-            attempts = getattr(error, "attempts", 0)
+            attempts = getattr(error, "attempts", 0)  # observe
             self._observer.operation_ended(observed, attempts=attempts, error=error)  # observe
             raise
         self._observer.operation_ended(observed, attempts=result[1], found=result[2] is not None)  # observe

@@ -220,17 +220,17 @@ class _Call:
         remaining = self._remaining()
         if remaining is not None and transport.pause.remaining >= remaining:
             return Outcome(error=_DeadlineExceeded())  # the shared 429 pause outlasts the deadline
-        observer, clock = transport.observer, transport.clock
+        observer, clock = transport.observer, transport.clock  # observe
         if transport.pause.remaining > 0:  # no coroutine when no pause is in force
-            waiting = clock.monotonic()
+            waiting = clock.monotonic()  # observe
             await transport.pause.wait()
             observer.rate_limit_pause(clock.monotonic() - waiting)  # observe
         if transport.limiter is not None:
-            waiting = clock.monotonic()
+            waiting = clock.monotonic()  # observe
             await transport.limiter.acquire()
             observer.budget_wait("client", clock.monotonic() - waiting)  # observe
         if self.scope is not None and self.scope.limiter is not None:
-            waiting = clock.monotonic()
+            waiting = clock.monotonic()  # observe
             await self.scope.limiter.acquire()
             observer.budget_wait("bulk", clock.monotonic() - waiting)  # observe
         timeout = self.timeout
