@@ -21,6 +21,10 @@ Run it against the embedded sandbox (no credentials, no network)::
 
 Against NDAX, set ``NDAX_API_KEY``, ``NDAX_API_SECRET``, ``NDAX_PASSPHRASE``
 (and ``NDAX_BASE_URL``) and run ``uvicorn examples.signup_service:app``.
+
+``SIGNUP_OTEL=console`` prints the SDK's OpenTelemetry spans to stdout, one
+line each (needs ``opentelemetry-sdk``); ``NDAX_LOG=info`` prints its retry and
+failure log lines.
 """
 
 from __future__ import annotations
@@ -57,13 +61,40 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.queue = queue
     try:
         async with AsyncClient.from_env(
-            max_connections=int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "64"))
+            max_connections=int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "64")), **_telemetry()
         ) as ndax:
             app.state.ndax = ndax
             yield
     finally:
         if queue is not None:
             await queue.aclose()
+
+
+def _telemetry() -> dict[str, Any]:
+    """With ``SIGNUP_OTEL=console``, a tracer provider printing each span as one line."""
+    if os.environ.get("SIGNUP_OTEL") != "console":
+        return {}
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    def short(span_id: int) -> str:
+        return f"{span_id:016x}"[-6:]
+
+    def one_line(span: ReadableSpan) -> str:
+        parent = short(span.parent.span_id) if span.parent else "root  "
+        millis = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
+        lines = [
+            f"trace {span.context.trace_id:032x}"[:14]
+            + f" span {short(span.context.span_id)} parent {parent} {millis:6.1f} ms"
+            + f" {span.name} {dict(span.attributes or {})}"
+        ]
+        lines += [f"    event {event.name} {dict(event.attributes or {})}" for event in span.events]
+        lines += [f"    link to span {short(link.context.span_id)}" for link in span.links]
+        return "\n".join(lines) + "\n"
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(formatter=one_line)))
+    return {"tracer_provider": provider}
 
 
 app = FastAPI(title="signup service (ndax-async example)", lifespan=lifespan)
