@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse
 from ndax_async import AsyncClient, key_to_request_id
 from ndax_async import errors as ndax_errors
 
+from .console_spans import console_telemetry
 from .onboarding_worker import JOB_PREFIX, QUEUE_NAME, enqueue_signup
 
 # An NDAX call inside a request handler gets this long in total, retries
@@ -60,41 +61,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     queue: ArqRedis | None = await create_pool(RedisSettings.from_dsn(queue_url)) if queue_url else None
     app.state.queue = queue
     try:
+        connections = int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "64"))
         async with AsyncClient.from_env(
-            max_connections=int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "64")), **_telemetry()
+            max_connections=connections, **console_telemetry("SIGNUP_OTEL")
         ) as ndax:
             app.state.ndax = ndax
             yield
     finally:
         if queue is not None:
             await queue.aclose()
-
-
-def _telemetry() -> dict[str, Any]:
-    """With ``SIGNUP_OTEL=console``, a tracer provider printing each span as one line."""
-    if os.environ.get("SIGNUP_OTEL") != "console":
-        return {}
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
-
-    def short(span_id: int) -> str:
-        return f"{span_id:016x}"[-6:]
-
-    def one_line(span: ReadableSpan) -> str:
-        parent = short(span.parent.span_id) if span.parent else "root  "
-        millis = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
-        lines = [
-            f"trace {span.context.trace_id:032x}"[:14]
-            + f" span {short(span.context.span_id)} parent {parent} {millis:6.1f} ms"
-            + f" {span.name} {dict(span.attributes or {})}"
-        ]
-        lines += [f"    event {event.name} {dict(event.attributes or {})}" for event in span.events]
-        lines += [f"    link to span {short(link.context.span_id)}" for link in span.links]
-        return "\n".join(lines) + "\n"
-
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(formatter=one_line)))
-    return {"tracer_provider": provider}
 
 
 app = FastAPI(title="signup service (ndax-async example)", lifespan=lifespan)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 import pytest
+import respx
 from opentelemetry.trace import StatusCode
 
 from ndax_async import (
@@ -20,7 +22,7 @@ from ndax_async import (
 from ndax_async.bulk import Bulk, Operation
 from ndax_async.testing import FakeClock, Sandbox
 
-from .helpers import customer_wire
+from .helpers import API_KEY, API_SECRET, PASSPHRASE, customer_wire
 from .observability import Otel
 
 
@@ -101,6 +103,26 @@ async def test_a_first_time_success_is_created_not_replayed(
     assert len(otel.children(operation)) == 2
     assert operation.attributes["ndax.outcome"] == "created"
     assert "ndax.client.replays" not in otel.metrics()
+
+
+async def test_a_success_after_a_connect_error_is_created(
+    mock: respx.MockRouter, clock: FakeClock, otel: Otel
+) -> None:
+    replies = iter([httpx.ConnectError("refused"), httpx.Response(200, json={"message": customer_wire()})])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        reply = next(replies)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    mock.post("/participants/customers/new").mock(side_effect=answer)
+    options = {"api_key": API_KEY, "api_secret": API_SECRET, "passphrase": PASSPHRASE}
+    async with AsyncClient(**options, clock=clock, **otel.providers) as client:
+        await client.customers.create(customer_wire())
+    [operation] = otel.spans("ndax.customers.create")
+    assert [s.attributes.get("error.type") for s in otel.children(operation)] == ["connect_error", None]
+    assert operation.attributes["ndax.outcome"] == "created"  # nothing was sent the first time
 
 
 async def test_a_429_and_the_shared_pause(sandbox: Sandbox, clock: FakeClock, otel: Otel) -> None:
