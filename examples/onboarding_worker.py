@@ -37,6 +37,10 @@ good, so the SDK must give up first and leave the retry to arq.
 Budget: with ``--budget URL`` (or ``NDAX_BUDGET_URL``) the workers draw from
 the fleet's shared Redis budget, once the SDK has it (``AsyncClient.from_env``
 reads the variable); ``--rate R`` caps each worker's own requests per second.
+
+``WORKER_OTEL=console`` prints the SDK's OpenTelemetry spans to stdout, one
+line each (needs ``opentelemetry-sdk``); ``NDAX_LOG=info`` prints its retry and
+failure log lines.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ from arq.jobs import Job
 from arq.worker import create_worker, func
 
 from ndax_async import AsyncClient, RateLimitError, ServerError, TransportError
+
+from .console_spans import console_telemetry
 
 QUEUE_NAME = "ndax:onboarding"
 """The arq queue (a Redis sorted set) the onboarding jobs go through."""
@@ -105,7 +111,8 @@ async def create_customer(ctx: dict[str, Any], request_id: str, payload: dict[st
 async def _open_client(ctx: dict[str, Any]) -> None:
     """One client per worker process, on the worker's event loop, for its lifetime."""
     rate = ctx["rate"]
-    ctx["ndax"] = AsyncClient.from_env(**({"rate_limit": rate} if rate else {}))
+    options: dict[str, Any] = {"rate_limit": rate} if rate else {}
+    ctx["ndax"] = AsyncClient.from_env(**options, **console_telemetry("WORKER_OTEL"))
 
 
 async def _close_client(ctx: dict[str, Any]) -> None:

@@ -21,6 +21,10 @@ Run it against the embedded sandbox (no credentials, no network)::
 
 Against NDAX, set ``NDAX_API_KEY``, ``NDAX_API_SECRET``, ``NDAX_PASSPHRASE``
 (and ``NDAX_BASE_URL``) and run ``uvicorn examples.signup_service:app``.
+
+``SIGNUP_OTEL=console`` prints the SDK's OpenTelemetry spans to stdout, one
+line each (needs ``opentelemetry-sdk``); ``NDAX_LOG=info`` prints its retry and
+failure log lines.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from fastapi.responses import JSONResponse
 from ndax_async import AsyncClient, key_to_request_id
 from ndax_async import errors as ndax_errors
 
+from .console_spans import console_telemetry
 from .onboarding_worker import JOB_PREFIX, QUEUE_NAME, enqueue_signup
 
 # An NDAX call inside a request handler gets this long in total, retries
@@ -56,8 +61,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     queue: ArqRedis | None = await create_pool(RedisSettings.from_dsn(queue_url)) if queue_url else None
     app.state.queue = queue
     try:
+        connections = int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "64"))
         async with AsyncClient.from_env(
-            max_connections=int(os.environ.get("SIGNUP_NDAX_CONNECTIONS", "64"))
+            max_connections=connections, **console_telemetry("SIGNUP_OTEL")
         ) as ndax:
             app.state.ndax = ndax
             yield

@@ -18,6 +18,8 @@ import httpx
 from httpx_aiohttp import HttpxAiohttpClient
 
 from ._clock import Clock, SystemClock
+from ._observe import Observer, observer_for
+from ._observe.logs import configure_from_env
 from ._sending.budget import Budget, BudgetLimit, Priority, check_priority
 from ._sending.limits import RateLimiter, RetryQuota
 from ._sending.retry import RateLimitPause, RetryEvent, RetryPolicy
@@ -90,6 +92,13 @@ class AsyncClient:
     are ``budget_priority`` (``"interactive"`` by default; bulk runs are ``"bulk"``).
     A budget made from a URL is closed with the client; while Redis is down it
     uses ``1/budget_members`` of the limit (the processes sharing the IP).
+
+    ``telemetry`` turns OpenTelemetry traces and metrics on (``True``; needs the
+    ``otel`` extra) or off (``False``); by default (``None``) they are on when
+    the application has imported ``opentelemetry`` before building the client,
+    or passes ``tracer_provider`` / ``meter_provider`` (else the global ones).
+    Retries and failures are logged on the ``ndax_async`` logger either way
+    (``NDAX_LOG=info`` or ``debug`` prints them).
     """
 
     def __init__(
@@ -121,6 +130,9 @@ class AsyncClient:
         budget_limit: BudgetLimit | str | None = None,
         budget_priority: Priority = "interactive",
         budget_members: int = 4,
+        telemetry: bool | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         self._credentials = Credentials(api_key, api_secret, passphrase)
         self.base_url = _check_base_url(base_url, allow_insecure_http)
@@ -140,6 +152,13 @@ class AsyncClient:
         self._send_request_id = _endpoint_flags(send_request_id)
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1")
+        configure_from_env()  # observe: NDAX_LOG=debug|info adds a readable log handler
+        try:
+            self._observer = observer_for(telemetry, tracer_provider, meter_provider)  # observe
+        except ImportError:
+            raise ConfigurationError(
+                "telemetry=True needs opentelemetry-api: pip install 'ndax-async[otel]'"
+            ) from None
         self._sender = _sender(http_client, transport, http_backend, max_connections, verify, proxy)
         self._clock: Clock = clock or SystemClock()
         self.rate_limit_pause = RateLimitPause(self._clock)
@@ -163,6 +182,7 @@ class AsyncClient:
             max_in_flight=max_connections,
             budget=self.budget,
             budget_priority=budget_priority,
+            observer=self._observer,  # observe
         )
         self._closed = False
         self.customers = Customers(self)
@@ -195,6 +215,11 @@ class AsyncClient:
             passphrase=env["NDAX_PASSPHRASE"],
             **options,
         )
+
+    @property
+    def observer(self) -> Observer:
+        """What this client reports to (logs, and OpenTelemetry if on); the bulk engine reports to it too."""
+        return self._observer
 
     @property
     def is_closed(self) -> bool:
@@ -310,6 +335,31 @@ class AsyncClient:
         self._ensure_open()
         if priority is not None:
             scope = attrs.evolve(scope or CallScope(), priority=check_priority(priority))
+        run = scope.run if scope is not None else None  # observe
+        observed = self._observer.operation_started(method, route, request_id, run)  # observe
+        try:
+            result = await self._send_json(
+                method, route, body, request_id, timeout, max_retries, deadline, not_found_ok, scope
+            )
+        except BaseException as error:
+            attempts = getattr(error, "attempts", 0)  # observe
+            self._observer.operation_ended(observed, attempts=attempts, error=error)  # observe
+            raise
+        self._observer.operation_ended(observed, attempts=result[1], found=result[2] is not None)  # observe
+        return result
+
+    async def _send_json(
+        self,
+        method: str,
+        route: str,
+        body: bytes | None,
+        request_id: str | None,
+        timeout: float | None,
+        max_retries: int | None,
+        deadline: float | None,
+        not_found_ok: bool,
+        scope: CallScope | None,
+    ) -> tuple[Any, int, RawResponse | None]:
         response, attempts = await self._transport.request(
             method,
             route,

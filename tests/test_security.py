@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from ndax_async import AsyncClient, NDAXError
+from ndax_async import AsyncClient, BudgetLimit, LocalBudget, NDAXError
 from ndax_async._wire.signing import Credentials
 from ndax_async.testing import FakeClock
 
@@ -77,3 +77,73 @@ def test_tls_verification_stays_on(backend: str) -> None:
     context = transport._pool._ssl_context if backend == "httpx" else transport.ssl_context
     assert context.verify_mode.name == "CERT_REQUIRED"
     assert context.check_hostname
+
+
+async def test_no_secret_in_spans_events_metrics_or_logs(
+    mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .observability import Otel
+
+    caplog.set_level(logging.DEBUG)
+    otel = Otel()
+    sent: list[httpx.Request] = []
+    replies = iter(
+        [
+            httpx.ConnectError("refused"),  # a retry (connect error)
+            httpx.Response(503),  # a retry (HTTP 503)
+            httpx.Response(401, json={"error": True, "message": "bad signature"}),  # refused
+            httpx.RemoteProtocolError("Server disconnected"),  # lost: the next success is a replay
+            httpx.Response(200, json={"message": customer_wire(participant_code="P1")}),
+            httpx.Response(429),  # the shared pause...
+            httpx.Response(200, json={"message": customer_wire(participant_code="P2")}),  # ...waited out
+        ]
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        reply = next(replies)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    mock.post("/participants/customers/new").mock(side_effect=answer)
+    clock = FakeClock()
+    client = AsyncClient(
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        passphrase=PASSPHRASE,
+        clock=clock,
+        http_backend="httpx",
+        budget=LocalBudget(BudgetLimit(requests=1, window=1.0, margin=0, reserve=0), clock=clock),  # waits
+        **otel.providers,
+    )
+    async with client:
+        with pytest.raises(NDAXError):
+            await client.customers.create(customer_wire())
+        await client.customers.create(customer_wire(email="second@mail.com"))
+        with pytest.raises(NDAXError):
+            await client.customers.create(customer_wire(email="third@mail.com"), max_retries=0)
+        await client.customers.create(customer_wire(email="fourth@mail.com"))
+
+    texts: list[str] = []
+    names = {"ndax.retry_wait", "ndax.rate_limit_pause", "ndax.budget_wait"}
+    for span in otel.spans():
+        texts += [span.name, repr(dict(span.attributes or {})), repr(span.status.description)]
+        texts += [repr((event.name, dict(event.attributes or {}))) for event in span.events]
+        names -= {event.name for event in span.events}
+    metrics = otel.metrics()
+    texts += [repr((name, points)) for name, points in metrics.items()]
+    for record in caplog.records:
+        texts += [record.getMessage(), repr(record.__dict__)]
+    everything = "\n".join(texts)
+    assert len(sent) == 7
+    assert names == set()  # each kind of event was made, and scanned
+    assert {
+        "ndax.client.requests",
+        "ndax.client.retries",
+        "ndax.client.failures",
+        "ndax.client.replays",
+    } <= set(metrics)
+    assert "request_id" in everything  # the scan read something
+    for secret in _secrets(sent):
+        assert secret not in everything

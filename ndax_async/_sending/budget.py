@@ -203,8 +203,17 @@ class Budget:
         self.stats = BudgetStats()
         self._gates: dict[str, _Gate] = {}
 
-    async def acquire(self, priority: Priority = INTERACTIVE, remaining: float | None = None) -> bool:
-        """Take a slot for one attempt; False if the deadline (``remaining`` s) comes first."""
+    async def acquire(
+        self,
+        priority: Priority = INTERACTIVE,
+        remaining: float | None = None,
+        *,
+        on_wait: Callable[[BudgetWait], None] | None = None,
+    ) -> bool:
+        """Take a slot for one attempt; False if the deadline (``remaining`` s) comes first.
+
+        ``on_wait`` is told of this call's wait, if it had to wait (after the
+        budget's own ``on_wait``), in the calling task."""
         clock = self.clock
         started = clock.monotonic()
         gate = self._gates.get(priority) or self._gates.setdefault(priority, _Gate())
@@ -220,7 +229,7 @@ class Budget:
                         if wait <= 0:
                             self.stats.grants[priority] += 1
                             if reason is not None:
-                                self._waited(priority, clock.monotonic() - started, reason)
+                                self._waited(priority, clock.monotonic() - started, reason, on_wait)
                             return True
                         gate.not_before, gate.pause = clock.monotonic() + wait, pause
                 continue
@@ -229,7 +238,7 @@ class Budget:
             reason = "pause" if gate.pause or reason == "pause" else "window"
             waited = clock.monotonic() - started
             if remaining is not None and waited + sleep >= remaining:
-                return self._gave_up(priority, waited, reason)
+                return self._gave_up(priority, waited, reason, on_wait)
             await clock.sleep(min(sleep, _MAX_SLEEP) + random.uniform(0, _JITTER))  # noqa: S311
 
     def _reopen(self) -> None:
@@ -248,21 +257,37 @@ class Budget:
         """Grant a slot (``(0, False)``) or say how long to wait and whether for a pause."""
         raise NotImplementedError
 
-    def _waited(self, priority: Priority, seconds: float, reason: Literal["window", "pause"]) -> None:
+    def _waited(
+        self,
+        priority: Priority,
+        seconds: float,
+        reason: Literal["window", "pause"],
+        on_wait: Callable[[BudgetWait], None] | None,
+    ) -> None:
         stats = self.stats
         stats.waits[priority] += 1
         stats.wait_seconds[priority] += seconds
         stats.max_wait[priority] = max(stats.max_wait[priority], seconds)
         if reason == "pause":
             stats.pauses += 1
-        if self.on_wait is not None:
-            self.on_wait(BudgetWait(priority=priority, seconds=seconds, reason=reason, granted=True))
+        self._tell(BudgetWait(priority=priority, seconds=seconds, reason=reason, granted=True), on_wait)
 
-    def _gave_up(self, priority: Priority, seconds: float, reason: Literal["window", "pause"]) -> bool:
+    def _gave_up(
+        self,
+        priority: Priority,
+        seconds: float,
+        reason: Literal["window", "pause"],
+        on_wait: Callable[[BudgetWait], None] | None,
+    ) -> bool:
         self.stats.deadline_failures += 1
-        if self.on_wait is not None:
-            self.on_wait(BudgetWait(priority=priority, seconds=seconds, reason=reason, granted=False))
+        self._tell(BudgetWait(priority=priority, seconds=seconds, reason=reason, granted=False), on_wait)
         return False
+
+    def _tell(self, wait: BudgetWait, on_wait: Callable[[BudgetWait], None] | None) -> None:
+        if self.on_wait is not None:
+            self.on_wait(wait)
+        if on_wait is not None:
+            on_wait(wait)
 
 
 class WindowLog:

@@ -24,6 +24,7 @@ import attrs
 from tenacity import AsyncRetrying, RetryCallState
 
 from .._clock import Clock
+from .._observe import Observer
 from .._wire.signing import EMPTY_BODY, Credentials
 from ..errors import (
     ClientClosedError,
@@ -33,7 +34,7 @@ from ..errors import (
     TLSVerificationError,
     TransportError,
 )
-from .budget import INTERACTIVE, Budget, Priority
+from .budget import INTERACTIVE, Budget, BudgetWait, Priority
 from .limits import RateLimiter, RetryQuota
 from .retry import Outcome, RateLimitPause, RetryEvent, RetryPolicy, backoff, parse_retry_after, retry_reason
 from .senders import AttemptFailed, Failure, RawResponse, Sender
@@ -72,6 +73,7 @@ class CallScope:
     quota: RetryQuota | None = None
     on_retry: Callable[[RetryEvent], None] | None = None
     priority: Priority | None = None
+    run: object = None  # observe: the bulk run's observer handle, for its operations' spans
 
 
 class Transport:
@@ -92,6 +94,7 @@ class Transport:
         max_in_flight: int | None = None,
         budget: Budget | None = None,
         budget_priority: Priority = INTERACTIVE,
+        observer: Observer | None = None,  # observe
     ) -> None:
         # Attempts beyond ``max_in_flight`` wait here, before they are signed.
         self.slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
@@ -107,6 +110,7 @@ class Transport:
         self.on_retry = on_retry
         self.budget = budget
         self.budget_priority = budget_priority
+        self.observer = observer or Observer()  # observe
 
     async def request(
         self,
@@ -235,15 +239,20 @@ class _Call:
         remaining = self._remaining()
         if remaining is not None and transport.pause.remaining >= remaining:
             return Outcome(error=_DeadlineExceeded())  # the shared 429 pause outlasts the deadline
+        observer, clock = transport.observer, transport.clock  # observe
         if transport.pause.remaining > 0:  # no coroutine when no pause is in force
+            waiting = clock.monotonic()  # observe
             await transport.pause.wait()
+            observer.rate_limit_pause(clock.monotonic() - waiting)  # observe
         if transport.limiter is not None:
             await transport.limiter.acquire()
         if self.scope is not None and self.scope.limiter is not None:
             await self.scope.limiter.acquire()
         # The attempt's slot in the shared budget, before a connection slot and the signature.
         if transport.budget is not None and not await transport.budget.acquire(
-            self.priority, self._remaining()
+            self.priority,
+            self._remaining(),
+            on_wait=self._budget_waited,  # observe
         ):
             return Outcome(error=_DeadlineExceeded())  # the budget's wait outlasts the deadline
         timeout = self.timeout
@@ -253,10 +262,7 @@ class _Call:
                 return Outcome(error=_DeadlineExceeded())
             timeout = remaining if timeout is None else min(timeout, remaining)
         self.attempts += 1
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "%s %s attempt %d request_id=%s", self.method, self.route, self.attempts, self.request_id
-            )
+        observed = observer.attempt_started(self.method, self.url, self.attempts - 1)  # observe
         # ``timeout`` bounds each phase of the exchange (httpx's connect, write, read
         # and pool timeouts), not the wait for a slot: a call never times out in the
         # queue. The call's deadline, if any, bounds the whole attempt.
@@ -273,9 +279,16 @@ class _Call:
             # Keep the kind and text only: its traceback's frames hold the signed headers,
             # and on Python 3.10 a backend error can still become its __context__.
             error.__context__ = None
+            observer.attempt_ended(observed, status_code=None, error=error)  # observe
             return Outcome(error=error.with_traceback(None))
         except asyncio.TimeoutError:
-            return Outcome(error=_DeadlineExceeded())
+            deadline = _DeadlineExceeded()
+            observer.attempt_ended(observed, status_code=None, error=deadline)  # observe
+            return Outcome(error=deadline)
+        except BaseException as error:
+            observer.attempt_ended(observed, status_code=None, error=error)  # observe
+            raise
+        observer.attempt_ended(observed, status_code=response.status_code, error=None)  # observe
         if response.status_code == 429:
             pause = parse_retry_after(response.headers.get("retry-after"), transport.clock.time())
             limit = self.policy.rate_limit_pause if pause is None else pause
@@ -283,6 +296,12 @@ class _Call:
             if transport.budget is not None:
                 await transport.budget.report_block(min(limit, self.policy.retry_after_max))
         return Outcome(response=response)
+
+    def _budget_waited(self, wait: BudgetWait) -> None:
+        """Report the shared budget's wait for this attempt (called in this call's task)."""
+        self.transport.observer.budget_wait(
+            wait.priority, wait.seconds, reason=wait.reason, granted=wait.granted
+        )  # observe
 
     def _signed_headers(self) -> dict[str, str]:
         """The attempt's headers, signed with the current time."""
@@ -353,15 +372,7 @@ class _Call:
             wait=state.upcoming_sleep,
             status_code=status,
         )
-        logger.info(
-            "retrying %s %s after %s (attempt %d, waiting %.2fs, request_id=%s)",
-            self.method,
-            self.route,
-            reason,
-            self.attempts,
-            event.wait,
-            self.request_id,
-        )
+        self.transport.observer.retry_wait(event)  # observe: logs the retry line, adds a span event
         if self.transport.on_retry is not None:
             self.transport.on_retry(event)
         if self.scope is not None and self.scope.on_retry is not None:

@@ -153,8 +153,11 @@ class Bulk:
         # With a shared budget, it paces the run (as bulk) instead of the default rate.
         rate = None if self.client.budget is not None and self.rate == DEFAULT_RATE else self.rate
         limiter = RateLimiter(rate, burst=max(1.0, rate / 10), clock=self.clock) if rate else None
+        observer = self.client.observer  # observe: the run's span; its operations link to it
+        run = observer.bulk_started(concurrency=self.concurrency, rate=rate, journal=bool(self._journal_spec))
+        stopped: BaseException | None = None  # observe
         self._scope = CallScope(
-            limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry, priority="bulk"
+            limiter=limiter, quota=self.retry_quota, on_retry=self._count_retry, priority="bulk", run=run
         )
         results: asyncio.Queue[OperationResult | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         owned = not isinstance(self._journal_spec, Journal)
@@ -168,6 +171,7 @@ class Bulk:
             try:
                 while (result := await results.get()) is not None:
                     self.summary.add(result)
+                    observer.bulk_operation(run, result.outcome)  # observe
                     yield result
                 await producer
             finally:
@@ -175,8 +179,12 @@ class Bulk:
                     if task is not None and not task.done():
                         task.cancel()
                         await asyncio.gather(task, return_exceptions=True)
+        except BaseException as error:  # observe: the run's span says how it ended
+            stopped = error
+            raise
         finally:
             self.summary.finished = time.monotonic()
+            observer.bulk_ended(run, self.summary, stopped)  # observe
             journal, self.journal, self._running = self.journal, None, False
             if journal is not None:
                 journal.end_run()
@@ -371,6 +379,20 @@ class Bulk:
         return await self._record_failure(key, op, line, reason, error)
 
     async def _send(self, op: Operation, prepared: PreparedWrite, *, resent: bool) -> OperationResult:
+        # Journal lag: from "sending" (recorded, or claimed, just before) until the outcome is durable.
+        journaled = self.journal is not None  # observe
+        if journaled:
+            self.client.observer.journal_pending(1)  # observe
+        try:
+            return await self._send_and_record(op, prepared, resent=resent)
+        finally:
+            if journaled:
+                self.client.observer.journal_pending(-1)  # observe
+
+    async def _send_and_record(
+        self, op: Operation, prepared: PreparedWrite, *, resent: bool
+    ) -> OperationResult:
+        """Send the operation; journal its outcome (if there is a journal) before returning it."""
         sent = OperationResult(
             key=op.key,
             op=op.op,
