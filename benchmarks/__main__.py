@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import bulk, overhead, report, throughput
+from . import bulk, loop, overhead, report, throughput
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,12 +25,14 @@ FULL = {
     "throughput": {"concurrencies": (16, 64, 256), "seconds": 2.0, "repeats": 3},
     "bulk": {"count": 5000, "repeats": 9},  # more than elsewhere: a run is short, and this VM noisy
     "memory": {"small": 10_000, "large": 100_000},
+    "loop": {"count": 1800, "repeats": 3},  # 10 s per run at the default 180/s
 }
 SMOKE = {
     "overhead": {"calls": 50, "repeats": 1},
     "throughput": {"concurrencies": (1, 64), "seconds": 0.3, "repeats": 1},
     "bulk": {"count": 100, "repeats": 1},
     "memory": {"small": 100, "large": 300},
+    "loop": {"count": 90, "repeats": 1},
 }
 
 
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         ("throughput", lambda: throughput.run(**plan["throughput"])),
         ("bulk", lambda: bulk.run(**plan["bulk"])),
         ("memory", lambda: bulk.memory(**plan["memory"])),
+        ("loop", lambda: loop.run(**plan["loop"])),
     )
     for name, step in steps:
         print(f"benchmark: {name} ...", file=sys.stderr, flush=True)

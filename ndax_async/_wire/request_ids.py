@@ -12,6 +12,7 @@ that form.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import os
 import re
@@ -41,9 +42,16 @@ def derive_request_id(method: str, route: str, payload: bytes, namespace: str = 
 
     ``payload`` is the canonical JSON of the body *without* ``request_id``.
     """
+    digest = hashlib.sha256(_head(namespace, method, route))
+    digest.update(payload)  # no copy of the payload, unlike hashing head + payload
+    return _as_uuid4(digest.digest()[:16])
+
+
+@functools.lru_cache(maxsize=256)
+def _head(namespace: str, method: str, route: str) -> bytes:
+    """The length-prefixed namespace, method and route (one per endpoint, so kept)."""
     parts = (namespace.encode(), method.encode(), route.encode())
-    head = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
-    return _as_uuid4(hashlib.sha256(head + payload).digest()[:16])
+    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
 
 
 def key_to_request_id(key: str, namespace: str = "") -> str:

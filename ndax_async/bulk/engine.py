@@ -37,6 +37,7 @@ finishes; :attr:`Bulk.summary` totals them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
@@ -51,7 +52,8 @@ from .._sending.transport import CallScope
 from .._wire.writes import PreparedWrite
 from ..client import AsyncClient
 from ..errors import APIError, DuplicatePayloadError, JournalError, TransportError, ValidationError
-from .claims import claim_when_free, renew_leases, wait_for_entry
+from .claims import claim_when_free, renew_leases
+from .custodians import DEFAULT_CUSTODIAN_WAIT, Custodians
 from .journal import DEFAULT_LEASE, DEFAULT_RUN, Journal, make_journal
 from .results import (
     OP_KINDS,
@@ -69,11 +71,8 @@ from .shards import Shard
 __all__ = ["DEFAULT_CUSTODIAN_WAIT", "DEFAULT_RATE", "Bulk", "prepare_operation"]
 
 DEFAULT_RATE = 180.0  # 90% of the documented 2,000 requests per 10 seconds
-DEFAULT_CUSTODIAN_WAIT = 600.0  # how long a minor waits for another shard's custodian (seconds)
 Input = Iterable[Operation | RowError] | AsyncIterable[Operation | RowError]
-_LATER = object()  # a custodian not created yet: try the minor again once the input is read
 _END = object()  # the input is exhausted (a sentinel: None could be an input item)
-_NEVER = object()  # another shard's custodian did not appear in the journal in time
 
 
 class Bulk:
@@ -122,11 +121,8 @@ class Bulk:
         self._journal_spec = journal
         self.journal: Journal | None = None
         self.summary = BulkSummary()
-        # Creates in flight, so a minor can wait for its custodian's code.
-        self._custodians: dict[str, asyncio.Future[str | None]] = {}
-        # Without a journal, finished creates' codes are kept here for minors,
-        # and every key's first line, to refuse a key used twice.
-        self._created: dict[str, str | None] = {}
+        self._custodians = Custodians(self.clock, shard, custodian_wait)
+        # Without a journal, every key's first line, to refuse a key used twice.
         self._lines: dict[str, int | None] = {}
         self._scope = CallScope()  # the run's limits, made by run()
         self._running = False
@@ -148,7 +144,8 @@ class Bulk:
             )
         self._running = True
         self.summary = BulkSummary()
-        self._lines, self._created = {}, {}
+        self._lines = {}
+        self._custodians.reset()
         # The run's limits travel with its calls; the shared client is not touched.
         # With a shared budget, it paces the run (as bulk) instead of the default rate.
         rate = None if self.client.budget is not None and self.rate == DEFAULT_RATE else self.rate
@@ -289,44 +286,26 @@ class Bulk:
         return self.shard is None or self.shard.owns(key)
 
     async def _process(self, op: Operation, deferred: list[Operation] | None) -> OperationResult | None:
-        in_flight = self._custodians.get(op.key)
-        if in_flight is not None:
-            # A create with this key is in flight: let it finish; this one is then
-            # found to be a second use of the key (and is never taken as a custodian).
-            await asyncio.shield(in_flight)
+        # A create with this key in flight: let it finish; this one is then found
+        # to be a second use of the key (and is never taken as a custodian).
+        if await self._custodians.wait_if_creating(op.key) or op.op != "create":
             return await self._apply(op, deferred)
-        if op.op != "create":
-            return await self._apply(op, deferred)
-        self._custodians[op.key] = asyncio.get_running_loop().create_future()
-        code: str | None = None
-        try:
-            result = await self._apply(op, deferred)
-            code = result.participant_code if result is not None and result.outcome != "failed" else None
-            return result
-        finally:
-            self._custodians.pop(op.key).set_result(code)
-            if self.journal is None:
-                self._created.setdefault(op.key, code)
+        create = functools.partial(self._apply, op, deferred)
+        return await self._custodians.creating(op.key, create, remember=self.journal is None)
 
     async def _apply(self, op: Operation, deferred: list[Operation] | None) -> OperationResult | None:
         if op.op not in OP_KINDS:
             return await self._fail_unsent(op.key, op.op, op.line, "bad_row", f"unknown op {op.op!r}")
         custodian: str | None = None
         if op.op == "create_minor" and op.custodian_key:
-            found = await self._custodian_code(op.custodian_key, final=deferred is None)
-            if found is _LATER and deferred is not None:
+            found = await self._custodians.code(op.custodian_key, self.journal, final=deferred is None)
+            if isinstance(found, str):
+                custodian = found
+            elif found.later and deferred is not None:
                 deferred.append(op)
                 return None
-            if found is _NEVER:
-                reason = (
-                    f"the custodian's key {op.custodian_key!r} never appeared in the journal within"
-                    f" {self.custodian_wait:g}s (another shard creates it): run this again once it has"
-                )
-                return await self._fail_unsent(op.key, op.op, op.line, "custodian", reason)
-            if not isinstance(found, str):
-                reason = f"custodian {op.custodian_key!r} was not created (see its own row)"
-                return await self._fail_unsent(op.key, op.op, op.line, "custodian", reason)
-            custodian = found
+            else:
+                return await self._fail_unsent(op.key, op.op, op.line, "custodian", found.reason)
         try:
             prepared = prepare_operation(self.client.prepare_write, op, custodian)
         except ValidationError as error:
@@ -418,26 +397,6 @@ class Bulk:
             outcome: Literal["existing", "succeeded"] = "existing" if record.existing else "succeeded"
             result = attrs.evolve(sent, outcome=outcome, participant_code=code, attempts=record.attempts)
         return await self._journal_result(result)
-
-    async def _custodian_code(self, key: str, final: bool) -> str | object | None:
-        """The custodian's participant_code, ``None`` if it failed, or ``_LATER``."""
-        future = self._custodians.get(key)
-        if future is not None:
-            return await asyncio.shield(future)
-        if self.journal is not None:
-            entry = await self.journal.get(key)
-            if entry is not None and entry.state == "succeeded":
-                return entry.participant_code
-            elsewhere = self.shard is not None and not self.shard.owns(key)
-            if final and elsewhere and (entry is None or entry.state == "sending"):
-                # Another shard's create, not done yet: wait for it in the shared journal.
-                entry = await wait_for_entry(self.journal, self.clock, key, self.custodian_wait)
-                if entry is None:
-                    return _NEVER
-                return entry.participant_code if entry.state == "succeeded" else None
-        elif self._created.get(key):
-            return self._created[key]
-        return None if final or key in self._created else _LATER
 
     async def _record_failure(
         self, key: str | None, op: str | None, line: int | None, reason: str, error: str
