@@ -15,21 +15,21 @@ from typing import Any, Literal
 
 import attrs
 import httpx
-from httpx_aiohttp import HttpxAiohttpClient
 
 from ._clock import Clock, SystemClock
 from ._observe import Observer, observer_for
 from ._observe.logs import configure_from_env
+from ._options import PRODUCTION_URL, check_base_url, endpoint_flags, env_options, make_budget, make_sender
 from ._sending.budget import Budget, BudgetLimit, Priority, check_priority
 from ._sending.limits import RateLimiter, RetryQuota
 from ._sending.retry import RateLimitPause, RetryEvent, RetryPolicy
-from ._sending.senders import HttpxSender, RawResponse
+from ._sending.senders import RawResponse
 from ._sending.transport import CallScope, Transport
 from ._version import __version__
 from ._wire.convert import read_record
 from ._wire.request_ids import RequestIdMode
 from ._wire.signing import Credentials
-from ._wire.writes import ENDPOINTS, PreparedWrite, prepare_write
+from ._wire.writes import PreparedWrite, prepare_write
 from .errors import (
     ClientClosedError,
     ConfigurationError,
@@ -49,14 +49,12 @@ __all__ = [
     "PreparedWrite",
 ]
 
-PRODUCTION_URL = "https://api.ndax.in"
 DEFAULT_MAX_CONNECTIONS = 64
 """The default pool: the API's 200 requests/s per IP at up to 320 ms each.
 
 More connections than that only add CPU on both ends (``benchmarks/``); tasks
 beyond the pool wait for a free connection.
 """
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 HTTPBackend = Literal["aiohttp", "httpx"]
 """The connection pool under the SDK's ``httpx.AsyncClient``: aiohttp's (default) or httpx's own."""
 
@@ -135,7 +133,7 @@ class AsyncClient:
         meter_provider: Any = None,
     ) -> None:
         self._credentials = Credentials(api_key, api_secret, passphrase)
-        self.base_url = _check_base_url(base_url, allow_insecure_http)
+        self.base_url = check_base_url(base_url, allow_insecure_http)
         policy = retry_policy or RetryPolicy()
         try:
             self.retry_policy = attrs.evolve(
@@ -149,7 +147,7 @@ class AsyncClient:
         except ValueError:
             raise ConfigurationError("request_ids must be 'derived' or 'random'") from None
         self.request_id_namespace = request_id_namespace
-        self._send_request_id = _endpoint_flags(send_request_id)
+        self._send_request_id = endpoint_flags(send_request_id)
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1")
         configure_from_env()  # observe: NDAX_LOG=debug|info adds a readable log handler
@@ -159,10 +157,10 @@ class AsyncClient:
             raise ConfigurationError(
                 "telemetry=True needs opentelemetry-api: pip install 'ndax-async[otel]'"
             ) from None
-        self._sender = _sender(http_client, transport, http_backend, max_connections, verify, proxy)
+        self._sender = make_sender(http_client, transport, http_backend, max_connections, verify, proxy)
         self._clock: Clock = clock or SystemClock()
         self.rate_limit_pause = RateLimitPause(self._clock)
-        self.budget, self._owns_budget = _budget(budget, budget_limit, budget_members)
+        self.budget, self._owns_budget = make_budget(budget, budget_limit, budget_members)
         try:
             budget_priority = check_priority(budget_priority)
         except ValueError as error:
@@ -194,27 +192,10 @@ class AsyncClient:
         ``NDAX_PASSPHRASE`` and (optionally) ``NDAX_BASE_URL``, ``NDAX_PROXY``,
         ``NDAX_BUDGET_URL`` (``redis://host:port/db``), ``NDAX_BUDGET_LIMIT``
         (``2000/10``) and ``NDAX_BUDGET_MEMBERS`` (processes sharing the IP; default 4)."""
-        env = os.environ if environ is None else environ
-        missing = [
-            name for name in ("NDAX_API_KEY", "NDAX_API_SECRET", "NDAX_PASSPHRASE") if not env.get(name)
-        ]
-        if missing:
-            raise ConfigurationError("missing environment variable(s): " + ", ".join(missing))
-        options.setdefault("base_url", env.get("NDAX_BASE_URL") or PRODUCTION_URL)
-        if env.get("NDAX_PROXY") and "http_client" not in options and "transport" not in options:
-            options.setdefault("proxy", env["NDAX_PROXY"])
-        if env.get("NDAX_BUDGET_URL"):
-            options.setdefault("budget", env["NDAX_BUDGET_URL"])
-        if env.get("NDAX_BUDGET_LIMIT"):
-            options.setdefault("budget_limit", env["NDAX_BUDGET_LIMIT"])
-        if env.get("NDAX_BUDGET_MEMBERS"):
-            options.setdefault("budget_members", int(env["NDAX_BUDGET_MEMBERS"]))
-        return cls(
-            api_key=env["NDAX_API_KEY"],
-            api_secret=env["NDAX_API_SECRET"],
-            passphrase=env["NDAX_PASSPHRASE"],
-            **options,
-        )
+        settings = env_options(os.environ if environ is None else environ)
+        if "http_client" in options or "transport" in options:
+            settings.pop("proxy", None)  # the caller's HTTP layer has its own proxy settings
+        return cls(**{**settings, **options})
 
     @property
     def observer(self) -> Observer:
@@ -393,79 +374,3 @@ class AsyncClient:
             headers=response.header_dict(),
             hint=hint,
         )
-
-
-def _check_base_url(base_url: str, allow_insecure_http: bool) -> str:
-    try:
-        url = httpx.URL(base_url)
-    except (httpx.InvalidURL, TypeError):
-        raise ConfigurationError(f"base_url is not a URL: {base_url!r}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError(f"base_url must be an http(s) URL with a host: {base_url!r}")
-    if url.scheme == "http" and url.host not in _LOOPBACK_HOSTS and not allow_insecure_http:
-        raise ConfigurationError(
-            "base_url uses plain http to a non-loopback host; use https, or pass allow_insecure_http=True"
-        )
-    return base_url.rstrip("/")
-
-
-def _sender(
-    http_client: httpx.AsyncClient | None,
-    transport: httpx.AsyncBaseTransport | None,
-    backend: str,
-    max_connections: int,
-    verify: ssl.SSLContext | bool,
-    proxy: str | None,
-) -> HttpxSender:
-    """The sender for the options given: the caller's client or transport, else the backend named."""
-    if backend not in ("aiohttp", "httpx"):
-        raise ConfigurationError("http_backend must be 'aiohttp' or 'httpx'")
-    if http_client is not None and transport is not None:
-        raise ConfigurationError("pass http_client or transport, not both")
-    if http_client is not None or transport is not None:
-        given = "http_client" if http_client is not None else "transport"
-        for name, value in (("verify", verify is not True), ("proxy", proxy is not None)):
-            if value:
-                raise ConfigurationError(f"{name}= does not apply with {given}=: set it on your {given}")
-    if http_client is not None:
-        return HttpxSender(http_client, owned=False)
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    # timeout=None: each attempt passes its own (``AsyncClient(timeout=...)``), None meaning none.
-    if transport is not None:  # trust_env off: the environment's proxies would route around it
-        own = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)  # noqa: S113
-        return HttpxSender(own, owned=True)
-    client_type = HttpxAiohttpClient if backend == "aiohttp" else httpx.AsyncClient
-    try:
-        client = client_type(limits=limits, verify=verify, proxy=proxy, timeout=None, trust_env=True)
-    except (ValueError, ImportError) as error:  # a malformed proxy URL, or socks:// without socksio
-        raise ConfigurationError(f"proxy: {error}") from None
-    return HttpxSender(client, owned=True)
-
-
-def _budget(
-    budget: Budget | str | None, limit: BudgetLimit | str | None, members: int
-) -> tuple[Budget | None, bool]:
-    """The client's budget, and whether the client made it (and so closes it)."""
-    if budget is None or isinstance(budget, Budget):
-        if limit is not None and budget is not None:
-            raise ConfigurationError(
-                "budget_limit applies to a budget URL; set the limit on the budget object"
-            )
-        return budget, False
-    from ._sending.redis_budget import RedisBudget, redact_url
-
-    if not budget.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(f"budget must be a Budget or a redis:// URL, not {redact_url(budget)!r}")
-    try:
-        return RedisBudget(budget, limit, expected_members=members), True
-    except ValueError as error:
-        raise ConfigurationError(str(error)) from None
-
-
-def _endpoint_flags(value: bool | Mapping[str, bool]) -> dict[str, bool]:
-    if isinstance(value, bool):
-        return dict.fromkeys(ENDPOINTS, value)
-    unknown = set(value) - set(ENDPOINTS)
-    if unknown:
-        raise ConfigurationError(f"send_request_id: unknown endpoint(s) {sorted(unknown)}; use {ENDPOINTS}")
-    return {endpoint: bool(value.get(endpoint, True)) for endpoint in ENDPOINTS}
