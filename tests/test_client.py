@@ -260,6 +260,16 @@ def test_from_env() -> None:
     assert client.base_url == "https://cert.example.com"
     with pytest.raises(ConfigurationError, match="NDAX_PASSPHRASE"):
         AsyncClient.from_env({"NDAX_API_KEY": "k", "NDAX_API_SECRET": API_SECRET})
+    with pytest.raises(ConfigurationError, match="NDAX_BUDGET_MEMBERS"):
+        AsyncClient.from_env({**env, "NDAX_BUDGET_MEMBERS": "four"})
+
+
+def test_from_env_leaves_the_proxy_to_a_callers_http_layer() -> None:
+    env = {"NDAX_API_KEY": "k", "NDAX_API_SECRET": API_SECRET, "NDAX_PASSPHRASE": "p"}
+    env["NDAX_PROXY"] = "http://127.0.0.1:9"
+    transport = httpx.MockTransport(lambda request: httpx.Response(200))
+    client = AsyncClient.from_env(env, transport=transport)  # NDAX_PROXY cannot apply: not an error
+    assert client.base_url == BASE_URL
 
 
 async def test_request_id_can_be_turned_off_per_endpoint(clock: FakeClock, mock: respx.MockRouter) -> None:
