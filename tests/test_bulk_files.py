@@ -105,7 +105,9 @@ def test_killed_backfill_resumes_exactly_once(tmp_path: Path) -> None:
         ]
         kills = 0
         for _ in range(4):
-            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # A short lease: each next run waits for the killed run's leases to expire (3 s, not 30).
+            killed = [*command, "--lease", "3"]
+            process = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 process.wait(timeout=rng.uniform(0.6, 1.6))
             except subprocess.TimeoutExpired:
