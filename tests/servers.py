@@ -127,7 +127,10 @@ class RedisServer(_Server):
 class TinyProxy(_Server):
     """A ``tinyproxy`` forward proxy on 127.0.0.1 that logs each request it forwards.
 
-    ``requests()`` returns the request lines it forwarded (``GET http://...``,
+    It forwards and tunnels (``CONNECT``, to any port) to this machine only,
+    named ``127.0.0.1`` or ``localhost`` (a TLS test server's certificate name);
+    any other host is refused with a 403 before a lookup (a filter, denying by default).
+    ``requests()`` returns the request lines it received (``GET http://...``,
     or ``CONNECT host:port`` for https), so a test can prove traffic went through it.
     """
 
@@ -143,10 +146,14 @@ class TinyProxy(_Server):
 
     def command(self) -> list[str]:
         config = self.folder / "tinyproxy.conf"
+        hosts = self.folder / "tinyproxy.hosts"
+        hosts.write_text("^(127\\.0\\.0\\.1|localhost)$\n")
+        # No ConnectPort line: CONNECT to any port. The filter admits this machine alone.
         config.write_text(
             f"Port {self.port}\nListen {HOST}\nTimeout 30\nMaxClients 100\n"
             f'LogFile "{self.folder / "tinyproxy.requests.log"}"\nLogLevel Connect\n'
-            "Allow 127.0.0.1\nConnectPort 443\nConnectPort 0\nDisableViaHeader Yes\n"
+            "Allow 127.0.0.1\nDisableViaHeader Yes\n"
+            f'Filter "{hosts}"\nFilterType ere\nFilterDefaultDeny Yes\n'
         )
         return [self.binary, "-d", "-c", str(config)]
 
