@@ -62,6 +62,8 @@ class _Server:
     """A server process that can be stopped and started again on the same port."""
 
     what = "server"
+    stop_signal = signal.SIGTERM
+    stop_timeout = 5.0
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -81,9 +83,9 @@ class _Server:
     def stop(self) -> None:
         """Stop the server (its state is gone: nothing is persisted)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(self.stop_signal)
             try:
-                self.process.wait(5)
+                self.process.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -195,6 +197,8 @@ class PostgresServer(_Server):
     """
 
     what = "postgres"
+    stop_signal = signal.SIGINT  # a fast shutdown; the data stays for the next start()
+    stop_timeout = 15.0
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
@@ -266,17 +270,6 @@ class PostgresServer(_Server):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"postgres did not accept connections within {timeout:g}s; see {log}")
-
-    def stop(self) -> None:
-        """Stop the server with a fast shutdown (SIGINT); its data stays for the next :meth:`start`."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
