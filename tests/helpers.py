@@ -1,8 +1,11 @@
-"""Test data: credentials and valid payloads in wire form."""
+"""Test data (credentials and valid payloads in wire form) and small helpers."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 API_KEY = "public_key"
@@ -56,3 +59,15 @@ def minor_wire(**overrides: Any) -> dict[str, Any]:
     }
     wire.update(overrides)
     return {key: value for key, value in wire.items() if value is not None}
+
+
+@contextlib.contextmanager
+def default_sigint() -> Iterator[None]:
+    """SIGINT handled by Python's default handler for the block, so a child process started
+    in it gets SIGINT at its default as a terminal's would: a suite run as a background job
+    inherits SIGINT ignored, and the children with it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -62,6 +62,8 @@ class _Server:
     """A server process that can be stopped and started again on the same port."""
 
     what = "server"
+    stop_signal = signal.SIGTERM
+    stop_timeout = 5.0
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -81,9 +83,9 @@ class _Server:
     def stop(self) -> None:
         """Stop the server (its state is gone: nothing is persisted)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(self.stop_signal)
             try:
-                self.process.wait(5)
+                self.process.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -127,7 +129,10 @@ class RedisServer(_Server):
 class TinyProxy(_Server):
     """A ``tinyproxy`` forward proxy on 127.0.0.1 that logs each request it forwards.
 
-    ``requests()`` returns the request lines it forwarded (``GET http://...``,
+    It forwards and tunnels (``CONNECT``, to any port) to this machine only,
+    named ``127.0.0.1`` or ``localhost`` (a TLS test server's certificate name);
+    any other host is refused with a 403 before a lookup (a filter, denying by default).
+    ``requests()`` returns the request lines it received (``GET http://...``,
     or ``CONNECT host:port`` for https), so a test can prove traffic went through it.
     """
 
@@ -143,10 +148,14 @@ class TinyProxy(_Server):
 
     def command(self) -> list[str]:
         config = self.folder / "tinyproxy.conf"
+        hosts = self.folder / "tinyproxy.hosts"
+        hosts.write_text("^(127\\.0\\.0\\.1|localhost)$\n")
+        # No ConnectPort line: CONNECT to any port. The filter admits this machine alone.
         config.write_text(
             f"Port {self.port}\nListen {HOST}\nTimeout 30\nMaxClients 100\n"
             f'LogFile "{self.folder / "tinyproxy.requests.log"}"\nLogLevel Connect\n'
-            "Allow 127.0.0.1\nConnectPort 443\nConnectPort 0\nDisableViaHeader Yes\n"
+            "Allow 127.0.0.1\nDisableViaHeader Yes\n"
+            f'Filter "{hosts}"\nFilterType ere\nFilterDefaultDeny Yes\n'
         )
         return [self.binary, "-d", "-c", str(config)]
 
@@ -188,6 +197,8 @@ class PostgresServer(_Server):
     """
 
     what = "postgres"
+    stop_signal = signal.SIGINT  # a fast shutdown; the data stays for the next start()
+    stop_timeout = 15.0
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
@@ -259,17 +270,6 @@ class PostgresServer(_Server):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"postgres did not accept connections within {timeout:g}s; see {log}")
-
-    def stop(self) -> None:
-        """Stop the server with a fast shutdown (SIGINT); its data stays for the next :meth:`start`."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

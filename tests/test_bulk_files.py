@@ -20,7 +20,7 @@ from ndax_async.bulk.rows import count_rows, read_operations
 from ndax_async.testing import Faults, Sandbox, SandboxServer
 
 from .bulk_helpers import batch, creates
-from .helpers import customer_wire, minor_wire
+from .helpers import customer_wire, default_sigint, minor_wire
 
 
 async def test_files_stream_jsonl_and_csv_with_line_numbers(tmp_path: Path) -> None:
@@ -105,7 +105,9 @@ def test_killed_backfill_resumes_exactly_once(tmp_path: Path) -> None:
         ]
         kills = 0
         for _ in range(4):
-            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # A short lease: each next run waits for the killed run's leases to expire (3 s, not 30).
+            killed = [*command, "--lease", "3"]
+            process = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 process.wait(timeout=rng.uniform(0.6, 1.6))
             except subprocess.TimeoutExpired:
@@ -150,9 +152,12 @@ def test_ctrl_c_stops_a_backfill_cleanly_and_it_resumes_exactly_once(tmp_path: P
             "NDAX_BASE_URL": server.base_url,
         }
         command = [sys.executable, "-m", "ndax_async.cli", "backfill", str(source), "--rate", "200"]
-        process = subprocess.Popen(
-            command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
-        )
+        # A short lease: the rerun waits for the stopped run's leases to expire (3 s, not 30).
+        # SIGINT at its default, as in a terminal, even when this suite runs as a background job.
+        with default_sigint():
+            process = subprocess.Popen(
+                [*command, "--lease", "3"], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
         results = tmp_path / "ops.jsonl.results.jsonl"
         for _ in range(600):  # until it is mid-run (a hang guard, not a timing assertion)
             if sandbox.stats["creations"] >= 50:  # the sandbox's count: results are written in batches

@@ -26,22 +26,9 @@ BACKENDS = ["aiohttp", "httpx"]
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
-class AnyPortProxy(TinyProxy):
-    """tinyproxy tunnelling to any port: ``tests/servers.py``'s ``ConnectPort 443`` and
-    ``ConnectPort 0`` allow 443 only (0 alone would forbid CONNECT), and the test server's
-    port is a free one. Without a ConnectPort line tinyproxy allows every port."""
-
-    def command(self) -> list[str]:
-        command = super().command()
-        config = self.folder / "tinyproxy.conf"
-        lines = config.read_text().splitlines()
-        config.write_text("".join(f"{line}\n" for line in lines if not line.startswith("ConnectPort")))
-        return command
-
-
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[TinyProxy]:
-    with AnyPortProxy(tmp_path) as server:
+    with TinyProxy(tmp_path) as server:
         yield server
 
 

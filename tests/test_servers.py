@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
-from .servers import PostgresServer
+from .servers import HOST, PostgresServer, TinyProxy
 
 
 def _psql(server: PostgresServer, sql: str) -> str:
@@ -30,3 +31,20 @@ def test_postgres_accepts_its_url_keeps_data_across_a_restart_and_cleans_up(tmp_
         assert _psql(server, "SHOW listen_addresses") == "127.0.0.1"
         data = server.data_root
     assert not data.exists()
+
+
+def _connect_through(proxy: TinyProxy, target: str) -> str:
+    """The proxy's status line for ``CONNECT target``."""
+    with socket.create_connection((HOST, proxy.port), timeout=10) as conn:
+        conn.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        return conn.makefile("rb").readline().decode().strip()
+
+
+def test_tinyproxy_tunnels_to_any_port_on_this_machine_and_nowhere_else(tmp_path: Path) -> None:
+    with socket.create_server((HOST, 0)) as listener, TinyProxy(tmp_path) as proxy:
+        port = listener.getsockname()[1]  # a free port, not 443
+        assert _connect_through(proxy, f"{HOST}:{port}").split()[1] == "200"
+        assert _connect_through(proxy, f"localhost:{port}").split()[1] == "200"
+        # Any other host is refused by name: no lookup, no connection (.invalid never resolves).
+        assert _connect_through(proxy, f"example.invalid:{port}").split()[1] == "403"
+        assert f"CONNECT {HOST}:{port} HTTP/1.1" in proxy.requests()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from . import interrupt
 
 __all__ = ["main"]
 
@@ -62,9 +63,9 @@ def _backfill(args: argparse.Namespace) -> int:
     journal = args.journal or path.with_name(path.name + ".journal.sqlite")
     run_name = args.run_name or path.name  # the file's name, not its path: resumable from anywhere
     if args.report:
-        return asyncio.run(report(journal, run_name))
+        return interrupt.run(report(journal, run_name))
     if args.dry_run:
-        return asyncio.run(dry_run(path))
+        return interrupt.run(dry_run(path))
     try:
         shard = Shard.parse(args.shard) if args.shard else None
     except ValueError as error:
@@ -102,7 +103,7 @@ def _backfill(args: argparse.Namespace) -> int:
                 lease=args.lease,
             )
 
-    return asyncio.run(run())
+    return interrupt.run(run())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
