@@ -81,7 +81,7 @@ GRANTS: list[tuple[float | None, float, float, str]] = []
 
 def instrument() -> None:
     """Record every grant of this process and when its request was sent."""
-    from ndax_async._sending import http1, redis_budget  # the default sender
+    from ndax_async._sending import redis_budget, senders
 
     budget_class = redis_budget.RedisBudget
     connect, try_ = budget_class._connect, budget_class._try
@@ -115,13 +115,13 @@ def instrument() -> None:
             GRANTS.append((grant[0], grant[1], time.time(), found.group(1).decode() if found else ""))
             _GRANT.set(None)
 
-    send_signed = http1.BuiltinSender.send_signed
+    send = senders.HttpxSender.send
 
-    async def builtin(self: Any, method: str, url: str, headers: Any, body: Any, timeout: Any) -> Any:
+    async def logged(self: Any, method: str, url: str, headers: Any, body: Any, timeout: Any) -> Any:
         log_grant(body)
-        return await send_signed(self, method, url, headers, body, timeout)
+        return await send(self, method, url, headers, body, timeout)
 
-    http1.BuiltinSender.send_signed = builtin  # type: ignore[method-assign]
+    senders.HttpxSender.send = logged  # type: ignore[method-assign]
 
 
 def member(path: str, grants_path: str) -> int:
