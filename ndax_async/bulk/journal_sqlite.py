@@ -207,7 +207,8 @@ class SqliteJournal(Journal):
 def _connect(path: str, run: str) -> sqlite3.Connection:
     """Open the journal at ``path``: make the schema, or migrate a version 1 journal
     (its rows become ``run``'s), or refuse a newer one."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # Several processes (shards) may share one file: wait up to 30 s for another's write lock.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
