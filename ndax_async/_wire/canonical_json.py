@@ -14,25 +14,27 @@ What differs from ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)``
   without ``.0``), and integers beyond 2**53 are rounded as a JS double would be;
 - ``NaN`` and the infinities become ``null``;
 - lone surrogates are written as ``\\uXXXX`` escapes (well-formed stringify).
+
+Most payloads have none of these (no float, no unsafe integer, no key starting
+with a digit): for them orjson writes exactly these bytes, about ten times
+faster than :mod:`json`. Everything else goes through this module's encoder.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
 from json.encoder import encode_basestring
 from typing import Any
 
+import orjson
+
 __all__ = ["dumps", "format_number"]
 
 _MAX_SAFE_INTEGER = 2**53
 _MAX_ARRAY_INDEX = 2**32 - 2
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-_C_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _DIGITS = frozenset("0123456789")
 
 
@@ -43,12 +45,12 @@ def dumps(value: Any) -> bytes:
     ``float``, ``bool`` and ``None``; anything else raises ``TypeError``.
     """
     if _stringify_agrees(value):
-        # No float, no unsafe integer, no key starting with a digit: here the C
-        # encoder writes what JSON.stringify writes, unless a string holds a
-        # surrogate, which UTF-8 cannot encode.
+        # No float, no unsafe integer, no key starting with a digit: here orjson
+        # writes what JSON.stringify writes, unless a string holds a lone
+        # surrogate (orjson refuses it) or nesting is deeper than orjson goes.
         try:
-            return _C_ENCODER.encode(value).encode("utf-8")
-        except UnicodeEncodeError:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:
             pass
     parts: list[str] = []
     _encode(value, parts.append)
