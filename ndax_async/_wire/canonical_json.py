@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from json.encoder import encode_basestring
 from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "format_number"]
+__all__ = ["dumps", "dumps_fields", "format_number"]
 
 _MAX_SAFE_INTEGER = 2**53
 _MAX_ARRAY_INDEX = 2**32 - 2
@@ -55,6 +55,23 @@ def dumps(value: Any) -> bytes:
     parts: list[str] = []
     _encode(value, parts.append)
     return "".join(parts).encode("utf-8")
+
+
+def dumps_fields(fields: dict[str, Any], free: Iterable[str]) -> bytes:
+    """:func:`dumps` of a validated payload's wire fields, checking only its ``free`` ones.
+
+    The caller guarantees that ``fields`` has plain names (none starting with a
+    digit) and that every value outside ``free`` is a ``str``, a ``bool`` or an
+    integer below 2**53: what a validated payload's string, boolean and
+    timestamp fields hold. Only the ``free`` fields (free-form objects such as
+    ``metadata``) can hold what would keep the fast path from applying.
+    """
+    if all(_stringify_agrees(fields.get(name)) for name in free):
+        try:
+            return orjson.dumps(fields)
+        except orjson.JSONEncodeError:
+            pass
+    return dumps(fields)
 
 
 def _stringify_agrees(value: Any) -> bool:

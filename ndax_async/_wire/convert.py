@@ -238,5 +238,6 @@ def read_record(data: Mapping[str, Any], cls: type[RecordT], **extra: Any) -> Re
             fields[name] = _text(data[alias])
     return cls(**fields)
 
+
 for _record_cls in _TABLES:
     converter.register_structure_hook(_record_cls, read_record)
