@@ -66,12 +66,13 @@ def dumps_fields(fields: dict[str, Any], free: Iterable[str]) -> bytes:
     timestamp fields hold. Only the ``free`` fields (free-form objects such as
     ``metadata``) can hold what would keep the fast path from applying.
     """
-    if all(_stringify_agrees(fields.get(name)) for name in free):
-        try:
-            return orjson.dumps(fields)
-        except orjson.JSONEncodeError:
-            pass
-    return dumps(fields)
+    for name in free:
+        if not _stringify_agrees(fields.get(name)):
+            return dumps(fields)
+    try:
+        return orjson.dumps(fields)
+    except orjson.JSONEncodeError:
+        return dumps(fields)
 
 
 def _stringify_agrees(value: Any) -> bool:

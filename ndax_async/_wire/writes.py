@@ -112,7 +112,7 @@ def prepare_write(
         raise ValidationError(error.model, [*problems, *error.problems]) from None
     if problems:
         raise ValidationError(spec.model.__name__, problems)
-    route = spec.route.format(code=participant_code)
+    route = spec.route.format(code=participant_code) if spec.needs_code else spec.route
     payload_bytes = canonical_json.dumps_fields(to_wire(model), spec.free_fields)
     if not send_request_id:
         return PreparedWrite(spec.method, route, payload_bytes, payload_bytes, None, spec.record)
