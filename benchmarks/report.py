@@ -11,6 +11,7 @@ from .overhead import DICT_IN, HAND_WRITTEN, MODEL_IN, OWN_CLIENT
 from .throughput import HAND_AIOHTTP, SDK_DEFAULT
 
 _RATE_TARGET = 2000.0
+_JOURNAL_TARGET = 1000.0  # operations/s: 5x the platform's 200/s per IP (PostgreSQL's bar too, JOURNAL.md)
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -19,6 +20,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     table = results["throughput"]["table"]
     sdk = {c: table[SDK_DEFAULT][c]["rate"] for c in results["throughput"]["concurrencies"]}
     bulk = results["bulk"]
+    journal_on = bulk["ops_per_second"]["journal on"]
     memory = results["memory"]
     shared = results["loop"]["with bulk"]
     gap = shared["loop_gap_ms"]
@@ -35,7 +37,13 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             f" {ratio[OWN_CLIENT]:.2f}x on the SDK's own client over the same transport",
             ratio[MODEL_IN] <= 1.15,
         ),
-        ("bulk with journal >= 0.85x without", f"{bulk['ratio']:.3f}x", bulk["ratio"] >= 0.85),
+        (
+            "bulk engine with the SQLite journal on >= 1,000 operations/s over the instant transport"
+            " (5x the platform's 200/s per IP)",
+            f"{journal_on:,.0f}/s (journal off: {bulk['ops_per_second']['journal off']:,.0f}/s;"
+            f" on / off {bulk['ratio']:.2f}x, for information)",
+            journal_on >= _JOURNAL_TARGET,
+        ),
         (
             f"peak RSS growth {memory['small']:,} -> {memory['large']:,} streamed operations < 20 MiB",
             f"{memory['growth_mib']:.1f} MiB ({memory['small_mib']:.1f} -> {memory['large_mib']:.1f} MiB)",
@@ -138,10 +146,12 @@ def markdown(results: dict[str, Any], *, smoke: bool) -> str:
     lines += [
         "",
         f"Journal on / off: {bulk['ratio']:.3f}x, the median of the ratios within each repeat"
-        f" ({', '.join(f'{r:.2f}' for r in sorted(bulk['ratios']))}). The runs have no loop-gap ticker;"
-        " the ticked runs of section 4 are the third row.",
+        f" ({', '.join(f'{r:.2f}' for r in sorted(bulk['ratios']))}), for information: over an instant"
+        " transport the journal's commits are all there is to wait for, which no deployment sees (the"
+        f" platform admits 200/s per IP; the target is {_JOURNAL_TARGET:,.0f}/s with the journal on)."
+        " The runs have no loop-gap ticker; the ticked runs of section 4 are the third row.",
         "",
-        "Peak RSS of the process and its journal writer process (their peaks added),"
+        "Peak RSS of a fresh process (the journal's thread included),"
         f" streamed with the journal on: {memory['small']:,} operations"
         f" {memory['small_mib']:.1f} MiB, {memory['large']:,} operations {memory['large_mib']:.1f} MiB"
         f" (growth {memory['growth_mib']:.1f} MiB).",

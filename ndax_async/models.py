@@ -282,7 +282,10 @@ class _Record:
         return {key: value for key, value in raw.items() if key not in known}
 
 
-@attrs.frozen(kw_only=True)
+# Records are not slotted: a frozen slotted class sets each of its 20-odd fields
+# through object.__setattr__, a dict-based one stores them directly, which
+# makes reading a record about 20% faster (benchmarks/RESULTS.md, section 2).
+@attrs.frozen(kw_only=True, slots=False)
 class Customer(_Record):
     """A customer as the server returned it."""
 
@@ -316,7 +319,7 @@ class Customer(_Record):
     participant_code found, and ``raw`` is the lookup's answer."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class Minor(_Record):
     """A minor as the server returned it (``non_in_other_type`` is read too)."""
 
@@ -347,7 +350,7 @@ class Minor(_Record):
     """True when this call did not create it (see :attr:`Customer.existing`)."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class Participant(_Record):
     """A participant found by the read endpoints."""
 

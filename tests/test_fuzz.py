@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from ndax_async import AsyncClient, Customer, CustomerUpdate, NewCustomer, NewMinor, RetryPolicy
 from ndax_async._wire import canonical_json as _json
 from ndax_async._wire.convert import structure_payload, to_wire
+from ndax_async._wire.writes import prepare_write
 from ndax_async.errors import APIError, MalformedResponseError, ValidationError
 from ndax_async.testing import FakeClock
 
@@ -99,7 +100,11 @@ def _check_payload(cls: type[Any], data: Any) -> bool:
         assert all(isinstance(p.field, str) and p.field for p in error.problems), error.problems
         assert all(isinstance(p.message, str) and p.message for p in error.problems), error.problems
         return False
-    json.loads(_json.dumps(to_wire(model)))
+    body = _json.dumps(to_wire(model))
+    json.loads(body)
+    # prepare_write checks only the free-form fields before its fast path: same bytes.
+    endpoint = {NewCustomer: "create", NewMinor: "create_minor", CustomerUpdate: "update"}[cls]
+    assert prepare_write(endpoint, model, participant_code="P0000001").payload == body
     # Rebuilding from its own fields gives the same model: construction is total too.
     assert attrs.evolve(model) == model
     return True

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ndax_async import CustomerUpdate, NewCustomer
 from ndax_async._wire import canonical_json as _json
+from ndax_async._wire import rules
 from ndax_async._wire.canonical_json import dumps, format_number
+from ndax_async._wire.convert import to_wire
+from ndax_async._wire.writes import WRITES, prepare_write
+
+from .helpers import customer_wire
 
 
 @pytest.mark.parametrize(
@@ -100,3 +107,37 @@ def test_fast_path_writes_exactly_what_the_full_encoder_writes(value: object) ->
     parts: list[str] = []
     _json._encode(value, parts.append)
     assert _json.dumps(value) == "".join(parts).encode("utf-8")
+
+
+def test_a_payloads_free_form_metadata_is_still_written_as_stringify_would() -> None:
+    # Only metadata is checked before the fast path (the other fields are validated
+    # strings, booleans and timestamps), so a float or a digit-led key in it must
+    # still take the full encoder.
+    customer = NewCustomer(**customer_wire(metadata={"b": 1.0, "2": 1e21, "a": [0.5, 2**60]}))
+    prepared = prepare_write("create", customer)
+    assert prepared.payload.endswith(b',"metadata":{"2":1e+21,"b":1,"a":[0.5,1152921504606847000]}}')
+    assert prepared.payload == dumps(to_wire(customer))
+
+
+def test_every_payload_field_has_a_rule_so_only_free_fields_need_the_check() -> None:
+    # dumps_fields trusts every field outside WriteSpec.free_fields to be a
+    # validated str, bool or timestamp: a field without a rule would break that.
+    for spec in WRITES.values():
+        if spec.model is CustomerUpdate:
+            continue  # built from its segments, whose fields are all rule-checked strings
+        model_rules = spec.model.RULES
+        assert [field.name for field in attrs.fields(spec.model)] == [rule.name for rule in model_rules]
+        assert {rule.kind for rule in model_rules} <= {
+            rules.STRING,
+            rules.BOOLEAN,
+            rules.MILLIS,
+            rules.OBJECT,
+        }
+        assert spec.free_fields == tuple(r.name for r in model_rules if r.kind == rules.OBJECT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES, st.text(max_size=6))
+def test_dumps_fields_writes_what_dumps_writes(metadata: object, name: str) -> None:
+    fields = {"first_name": name, "signed_timestamp": 1603378501286, "prefunded": True, "metadata": metadata}
+    assert _json.dumps_fields(fields, ("metadata",)) == dumps(fields)

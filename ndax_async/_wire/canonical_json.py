@@ -14,25 +14,27 @@ What differs from ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)``
   without ``.0``), and integers beyond 2**53 are rounded as a JS double would be;
 - ``NaN`` and the infinities become ``null``;
 - lone surrogates are written as ``\\uXXXX`` escapes (well-formed stringify).
+
+Most payloads have none of these (no float, no unsafe integer, no key starting
+with a digit): for them orjson writes exactly these bytes, about ten times
+faster than :mod:`json`. Everything else goes through this module's encoder.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from json.encoder import encode_basestring
 from typing import Any
 
-__all__ = ["dumps", "format_number"]
+import orjson
+
+__all__ = ["dumps", "dumps_fields", "format_number"]
 
 _MAX_SAFE_INTEGER = 2**53
 _MAX_ARRAY_INDEX = 2**32 - 2
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-_C_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _DIGITS = frozenset("0123456789")
 
 
@@ -43,16 +45,34 @@ def dumps(value: Any) -> bytes:
     ``float``, ``bool`` and ``None``; anything else raises ``TypeError``.
     """
     if _stringify_agrees(value):
-        # No float, no unsafe integer, no key starting with a digit: here the C
-        # encoder writes what JSON.stringify writes, unless a string holds a
-        # surrogate, which UTF-8 cannot encode.
+        # No float, no unsafe integer, no key starting with a digit: here orjson
+        # writes what JSON.stringify writes, unless a string holds a lone
+        # surrogate (orjson refuses it) or nesting is deeper than orjson goes.
         try:
-            return _C_ENCODER.encode(value).encode("utf-8")
-        except UnicodeEncodeError:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:
             pass
     parts: list[str] = []
     _encode(value, parts.append)
     return "".join(parts).encode("utf-8")
+
+
+def dumps_fields(fields: dict[str, Any], free: Iterable[str]) -> bytes:
+    """:func:`dumps` of a validated payload's wire fields, checking only its ``free`` ones.
+
+    The caller guarantees that ``fields`` has plain names (none starting with a
+    digit) and that every value outside ``free`` is a ``str``, a ``bool`` or an
+    integer below 2**53: what a validated payload's string, boolean and
+    timestamp fields hold. Only the ``free`` fields (free-form objects such as
+    ``metadata``) can hold what would keep the fast path from applying.
+    """
+    for name in free:
+        if not _stringify_agrees(fields.get(name)):
+            return dumps(fields)
+    try:
+        return orjson.dumps(fields)
+    except orjson.JSONEncodeError:
+        return dumps(fields)
 
 
 def _stringify_agrees(value: Any) -> bool:

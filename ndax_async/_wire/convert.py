@@ -227,15 +227,16 @@ _TABLES: dict[type[Any], _Table] = {cls: _reader_table(cls) for cls in (Customer
 def read_record(data: Mapping[str, Any], cls: type[RecordT], **extra: Any) -> RecordT:
     """Read a record from a response mapping; never fails on odd values."""
     get = data.get
-    values: dict[str, Any] = {}
+    fields: dict[str, Any] = {"raw": dict(data), **extra}
     for name, usual, read in _TABLES[cls]:
         value = get(name)
-        # ``type() is``, not isinstance: a bool must not pass as an int.
-        values[name] = value if value is None or type(value) is usual else read(value)
+        if value is not None:  # absent fields keep the record's default, None
+            # ``type() is``, not isinstance: a bool must not pass as an int.
+            fields[name] = value if type(value) is usual else read(value)
     for alias, name in _ALIASES.get(cls, {}).items():
-        if values.get(name) is None and alias in data:
-            values[name] = _text(data[alias])
-    return cls(raw=dict(data), **values, **extra)
+        if fields.get(name) is None and alias in data:
+            fields[name] = _text(data[alias])
+    return cls(**fields)
 
 
 for _record_cls in _TABLES:

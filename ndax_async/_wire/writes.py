@@ -36,13 +36,33 @@ class WriteSpec:
     route: str
     model: type[NewCustomer] | type[NewMinor] | type[CustomerUpdate]
     record: type[Customer] | type[Minor]
+    free_fields: tuple[str, ...]
+    """The payload fields whose validated value can be any JSON (``metadata``)."""
     needs_code: bool = False
 
 
+def _free_fields(field_rules: tuple[rules.FieldRule, ...]) -> tuple[str, ...]:
+    # A validated string, boolean or unix-ms field holds a str, a bool or an
+    # integer below 2**53; any other kind can hold any JSON.
+    plain = (rules.STRING, rules.BOOLEAN, rules.MILLIS)
+    return tuple(rule.name for rule in field_rules if rule.kind not in plain)
+
+
 WRITES: dict[str, WriteSpec] = {
-    "create": WriteSpec("POST", "/participants/customers/new", NewCustomer, Customer),
-    "create_minor": WriteSpec("POST", "/participants/customers/minor", NewMinor, Minor),
-    "update": WriteSpec("PATCH", "/participants/customers/{code}", CustomerUpdate, Customer, needs_code=True),
+    "create": WriteSpec(
+        "POST", "/participants/customers/new", NewCustomer, Customer, _free_fields(rules.CUSTOMER_FIELDS)
+    ),
+    "create_minor": WriteSpec(
+        "POST", "/participants/customers/minor", NewMinor, Minor, _free_fields(rules.MINOR_FIELDS)
+    ),
+    "update": WriteSpec(
+        "PATCH",
+        "/participants/customers/{code}",
+        CustomerUpdate,
+        Customer,
+        _free_fields(tuple(rule for segment in rules.SEGMENTS.values() for rule in segment)),
+        needs_code=True,
+    ),
 }
 
 
@@ -92,8 +112,8 @@ def prepare_write(
         raise ValidationError(error.model, [*problems, *error.problems]) from None
     if problems:
         raise ValidationError(spec.model.__name__, problems)
-    route = spec.route.format(code=participant_code)
-    payload_bytes = canonical_json.dumps(to_wire(model))
+    route = spec.route.format(code=participant_code) if spec.needs_code else spec.route
+    payload_bytes = canonical_json.dumps_fields(to_wire(model), spec.free_fields)
     if not send_request_id:
         return PreparedWrite(spec.method, route, payload_bytes, payload_bytes, None, spec.record)
     if pinned is not None:
