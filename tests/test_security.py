@@ -147,3 +147,23 @@ async def test_no_secret_in_spans_events_metrics_or_logs(
     assert "request_id" in everything  # the scan read something
     for secret in _secrets(sent):
         assert secret not in everything
+
+
+def test_an_unexpected_send_error_keeps_no_signed_headers_in_its_frames() -> None:
+    """Error trackers record each frame's locals: none may hold the passphrase or a signature."""
+    import asyncio
+
+    from ndax_async import ClientClosedError
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(404, json={"error": "Not Found"}))
+    client = AsyncClient(api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE, transport=transport)
+    assert asyncio.run(client.participants.get_by_email("a@example.com")) is None  # binds its loop
+    with pytest.raises(ClientClosedError) as raised:  # used from a second event loop
+        asyncio.run(client.participants.get_by_email("a@example.com"))
+    error: BaseException | None = raised.value
+    while error is not None:
+        for frame, _ in traceback.walk_tb(error.__traceback__):
+            seen = repr(frame.f_locals)
+            assert PASSPHRASE not in seen, frame.f_code.co_name
+            assert "x-ndax-signed" not in seen.lower(), frame.f_code.co_name
+        error = error.__cause__ or error.__context__

@@ -318,12 +318,19 @@ class _Call:
         """Sign with the current time, then send at once."""
         headers = self._signed_headers()
         sent_before, self.sent = self.sent, True  # from here on it may reach the server...
+        unexpected: Exception | None = None
         try:
             return await self.transport.sender.send(self.method, self.url, headers, self.body, timeout)
         except AttemptFailed as error:
             if error.failure is Failure.CONNECT or error.failure is Failure.TLS:
                 self.sent = sent_before  # ...unless no connection was made
             raise
+        except Exception as error:  # e.g. ClientClosedError, or a caller's closed http_client
+            unexpected = error.with_traceback(None)
+        # Raised again outside the except block, without the frames below this one
+        # (their locals hold the signed headers an error tracker would record).
+        del headers
+        raise unexpected
 
     def should_retry(self, state: RetryCallState) -> bool:
         outcome = _outcome_of(state)
