@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from httpx_aiohttp import HttpxAiohttpClient
 
+from ._redact import redact_url
 from ._sending.budget import Budget, BudgetLimit
 from ._sending.senders import HttpxSender
 from ._wire.writes import ENDPOINTS
@@ -123,7 +124,7 @@ def make_budget(
                 "budget_limit applies to a budget URL; set the limit on the budget object"
             )
         return budget, False
-    from ._sending.redis_budget import RedisBudget, redact_url
+    from ._sending.redis_budget import RedisBudget
 
     if not budget.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigurationError(f"budget must be a Budget or a redis:// URL, not {redact_url(budget)!r}")

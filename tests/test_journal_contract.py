@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from ndax_async import JournalError
+from ndax_async._redact import redact_url
 from ndax_async.bulk import Journal, PostgresJournal, SqliteJournal, make_journal
-from ndax_async.bulk.journal import SCHEMA_VERSION, redact_url
+from ndax_async.bulk.journal import SCHEMA_VERSION
 
 
 def other(journal: Journal, url: str, *, run: str = "test", lease: float = 30.0) -> Journal:

@@ -167,3 +167,24 @@ def test_an_unexpected_send_error_keeps_no_signed_headers_in_its_frames() -> Non
             assert PASSPHRASE not in seen, frame.f_code.co_name
             assert "x-ndax-signed" not in seen.lower(), frame.f_code.co_name
         error = error.__cause__ or error.__context__
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@budget.internal:6379/0",
+        "redis://budget.internal:6379/0?password=s3cret",
+        "postgresql://ndax:s3cret@db.internal/ndax",
+        "postgresql://ndax@db.internal/ndax?sslmode=require&password=s3cret",
+    ],
+)
+def test_a_server_urls_password_is_hidden_wherever_it_is(url: str) -> None:
+    from ndax_async import RedisBudget
+    from ndax_async._redact import redact_url
+
+    shown = redact_url(url)
+    assert "s3cret" not in shown
+    assert "***" in shown
+    assert shown.split("://")[0] == url.split("://")[0]
+    if url.startswith("redis"):
+        assert "s3cret" not in repr(RedisBudget(url))

@@ -23,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from .._clock import Clock
+from .._redact import redact_url
 from .budget import Budget, BudgetLimit, BudgetWait, Priority, WindowLog
 
-__all__ = ["RedisBudget", "redact_url"]
+__all__ = ["RedisBudget"]
 
 logger = logging.getLogger("ndax_async")
 
@@ -92,21 +92,6 @@ end
 if last > 4 then redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) / 1000) + 1000) end
 return epoch
 """
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, repr and errors)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "<unparseable redis url>"
 
 
 class RedisBudget(Budget):

@@ -34,7 +34,6 @@ a journal made by a newer ndax-async is refused with :class:`JournalError`.
 from __future__ import annotations
 
 import abc
-import urllib.parse
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +54,6 @@ __all__ = [
     "claim_action",
     "entry_from_row",
     "make_journal",
-    "redact_url",
 ]
 
 SCHEMA_VERSION = 2
@@ -121,15 +119,6 @@ def check_schema_version(found: int, location: str) -> None:
             f"the journal {location} has schema version {found}, newer than this ndax-async"
             f" understands ({SCHEMA_VERSION}): upgrade ndax-async to use it"
         )
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 class Journal(abc.ABC):

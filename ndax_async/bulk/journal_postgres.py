@@ -22,6 +22,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .._redact import redact_url
 from ..errors import JournalError
 from .journal import (
     COLUMNS,
@@ -33,7 +34,6 @@ from .journal import (
     check_schema_version,
     claim_action,
     entry_from_row,
-    redact_url,
 )
 
 __all__ = ["PostgresJournal"]
