@@ -452,3 +452,20 @@ def test_an_sdk_set_up_after_the_client_is_used() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "['GET /participants/{email}', 'ndax.participants.get_by_email']"
+
+
+def test_a_refusal_is_named_by_its_type_not_its_class_name() -> None:
+    from ndax_async import DuplicatePayloadError, ParticipantExistsError
+    from ndax_async._observe import outcome_of
+
+    class AppliedElsewhere(DuplicatePayloadError):  # a subclass keeps its parent's reason
+        pass
+
+    text = '{"errors": ["Participant data already used with different requestID"]}'
+    error = AppliedElsewhere("duplicate", status_code=400, raw_text=text)
+    assert outcome_of("create", error, found=True, resent_after_unknown=False) == (
+        "refused",
+        "duplicate_payload",
+    )
+    exists = ParticipantExistsError("taken", status_code=400, raw_text="{}")
+    assert outcome_of("create", exists, found=True, resent_after_unknown=False)[1] == "participant_exists"

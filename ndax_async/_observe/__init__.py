@@ -21,10 +21,18 @@ from typing import TYPE_CHECKING, Any
 from .._sending.senders import AttemptFailed, Failure
 from ..errors import (
     APIError,
+    AuthenticationError,
+    BadRequestError,
     ClientClosedError,
+    ConflictError,
     ConnectError,
+    DuplicatePayloadError,
+    IdempotencyConflictError,
     MalformedResponseError,
     NDAXError,
+    NotFoundError,
+    ParticipantExistsError,
+    PermissionDeniedError,
     RateLimitError,
     RequestTimeout,
     ResponseLostError,
@@ -169,16 +177,17 @@ def safe_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, query, ""))
 
 
-_REFUSALS = {
-    "BadRequestError": "validation",
-    "IdempotencyConflictError": "idempotency_conflict",
-    "DuplicatePayloadError": "duplicate_payload",
-    "ParticipantExistsError": "participant_exists",
-    "AuthenticationError": "authentication",
-    "PermissionDeniedError": "permission_denied",
-    "NotFoundError": "not_found",
-    "ConflictError": "conflict",
-}
+# Most specific first: the first class the error is an instance of names it.
+_REFUSALS: tuple[tuple[type[APIError], str], ...] = (
+    (IdempotencyConflictError, "idempotency_conflict"),
+    (DuplicatePayloadError, "duplicate_payload"),
+    (ParticipantExistsError, "participant_exists"),
+    (BadRequestError, "validation"),
+    (AuthenticationError, "authentication"),
+    (PermissionDeniedError, "permission_denied"),
+    (NotFoundError, "not_found"),
+    (ConflictError, "conflict"),
+)
 
 
 def outcome_of(
@@ -220,7 +229,8 @@ def _failure(error: BaseException) -> tuple[str, str]:
     if isinstance(error, APIError) and not isinstance(
         error, (ServerError, RateLimitError, MalformedResponseError)
     ):
-        return "refused", _REFUSALS.get(type(error).__name__, f"http_{error.status_code}")
+        reason = next((name for kind, name in _REFUSALS if isinstance(error, kind)), None)
+        return "refused", reason or f"http_{error.status_code}"
     if isinstance(error, ServerError):
         return "failed", f"http_{error.status_code}"
     if isinstance(error, RateLimitError):
