@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "PRODUCTION_URL",
     "AsyncClient",
+    "CallScope",
     "Customers",
     "HTTPBackend",
     "ParticipantPage",

@@ -6,10 +6,11 @@ not the input), and yields an :class:`OperationResult` per operation as it
 finishes; :attr:`Bulk.summary` totals them.
 
 - Concurrency is a fixed number of workers, each taking the next operation
-  from the input when it is done with one, kept at or below the client's
-  connection pool, so requests never queue for a connection.
+  from the input when it is done with one; beyond the client's
+  ``max_connections`` attempts wait for a slot, unsigned, above the pool.
 - Every attempt passes a rate limiter (the platform allows 2,000 requests per
-  10 s per IP; the default is 180/s), and a 429 pauses every request.
+  10 s per IP; the default is 180/s), or the client's shared budget as a
+  ``"bulk"`` call, and a 429 pauses every request.
 - A retry budget shared by the run (:class:`~ndax_async.RetryQuota`) stops
   thousands of operations retrying at once against a failing server. The
   retries themselves are the client's (its tenacity loop): the engine has none.
@@ -48,9 +49,8 @@ import attrs
 from .._clock import Clock, SystemClock
 from .._sending.limits import RateLimiter, RetryQuota
 from .._sending.retry import RetryEvent
-from .._sending.transport import CallScope
 from .._wire.writes import PreparedWrite
-from ..client import AsyncClient
+from ..client import AsyncClient, CallScope
 from ..errors import APIError, DuplicatePayloadError, JournalError, TransportError, ValidationError
 from .claims import claim_when_free, renew_leases
 from .custodians import DEFAULT_CUSTODIAN_WAIT, Custodians

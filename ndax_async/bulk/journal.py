@@ -61,7 +61,6 @@ SCHEMA_VERSION = 2
 (run, key), with a holder, a lease and the ``existing`` flag."""
 DEFAULT_RUN = "default"
 DEFAULT_LEASE = 30.0
-STATES = ("sending", "succeeded", "failed")
 
 
 @attrs.frozen
