@@ -20,18 +20,23 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
         yield server
 
 
-@pytest.fixture
-async def postgres_url(postgres: PostgresServer) -> str:
-    """The URL of a fresh, empty database on the session's server."""
+async def fresh_database(server: PostgresServer) -> str:
+    """Create an empty database on ``server``; return its URL."""
     import asyncpg
 
     name = "j" + uuid.uuid4().hex[:12]
-    connection = await asyncpg.connect(postgres.url)
+    connection = await asyncpg.connect(server.url)
     try:
         await connection.execute(f"CREATE DATABASE {name}")
     finally:
         await connection.close()
-    return postgres.url.rsplit("/", 1)[0] + "/" + name
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+async def postgres_url(postgres: PostgresServer) -> str:
+    """The URL of a fresh, empty database on the session's server."""
+    return await fresh_database(postgres)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

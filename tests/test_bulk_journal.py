@@ -31,18 +31,6 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
         await opened.close()
 
 
-async def test_journal_resolves_two_claims_of_one_key_at_once(journal: Journal) -> None:
-    run = journal.begin_run()
-    first, second = await asyncio.gather(
-        journal.claim("k", "create", 1, "rid-1", "hash-1"),
-        journal.claim("k", "create", 2, "rid-2", "hash-2"),
-    )
-    assert first is None  # the first claim made the row
-    assert second is not None
-    assert (second.line, second.request_id, second.state, second.run_id) == (1, "rid-1", "sending", run)
-    assert (await journal.get("k")) == second
-
-
 async def test_journal_gives_a_key_an_earlier_run_left_to_the_first_of_two_claims(
     journal: Journal,
 ) -> None:

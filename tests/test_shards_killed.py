@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +22,13 @@ from ndax_async.testing import Faults, Sandbox, SandboxServer
 
 from .bulk_helpers import batch
 from .helpers import customer_wire
+from .pg_fixtures import fresh_database
 from .servers import PostgresServer
 
 pytestmark = [pytest.mark.shards, pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")]
 
 CUSTOMERS = 1500
 SHARDS = 3
-
-
-def _fresh_database(server: PostgresServer) -> str:
-    import asyncpg
-
-    async def create() -> str:
-        name = "s" + uuid.uuid4().hex[:12]
-        connection = await asyncpg.connect(server.url)
-        try:
-            await connection.execute(f"CREATE DATABASE {name}")
-        finally:
-            await connection.close()
-        return server.url.rsplit("/", 1)[0] + "/" + name
-
-    return asyncio.run(create())
 
 
 def _rows() -> list[dict[str, Any]]:
@@ -66,7 +51,7 @@ def test_three_shards_killed_and_restarted_apply_every_row_exactly_once(
 ) -> None:
     from ndax_async.cli import main
 
-    url = _fresh_database(postgres)
+    url = asyncio.run(fresh_database(postgres))
     rows = _rows()
     minors = [row for row in rows if row["op"] == "create_minor"]
     assert (
