@@ -205,6 +205,20 @@ class SqliteJournal(Journal):
 
 
 def _connect(path: str, run: str) -> sqlite3.Connection:
+    """Open the journal at ``path``, trying again while another process or thread
+    opening the same new file holds it (SQLite answers "database is locked" at
+    once, without waiting, when two connections switch a new file to WAL together)."""
+    for pause in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2):
+        try:
+            return _open(path, run)
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error):
+                raise
+        time.sleep(pause)  # on the journal's own thread, never the event loop's
+    return _open(path, run)
+
+
+def _open(path: str, run: str) -> sqlite3.Connection:
     """Open the journal at ``path``: make the schema, or migrate a version 1 journal
     (its rows become ``run``'s), or refuse a newer one."""
     # Several processes (shards) may share one file: wait up to 30 s for another's write lock.
